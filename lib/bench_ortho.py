@@ -1,0 +1,331 @@
+"""Benchmark: what the orthogonality penalty costs per training step, and how exact each method is.
+
+    python -m lib.bench_ortho --n 16384 --d 512 --batch 4096 --steps 3
+    python -m lib.bench_ortho --scaling            # n = 4096 ... 100,000 at d = 768: figure + CSV
+    python -m lib.bench_ortho --quality            # toy ground-truth recovery per method
+
+For each method, in a fresh subprocess (so peak memory is that method's own), one full training
+step of the shared trainer (forward, backward, Adam, decoder renormalisation) of a ReLU SAE is
+timed, and compared with the vanilla SAE's step measured the same way in the same run:
+
+- ``vanilla``: no penalty;
+- ``naive``: full n x n Gram matrix with autograd;
+- ``active``: the batch's active latents against all rows, one [m, n] block with autograd;
+- ``chunked``: exact search in [chunk, n] blocks without gradient, chosen pairs recomputed;
+- ``cached``: top-k candidates refreshed every K steps (exact, chunked); the refresh is timed
+  separately and amortised over K steps;
+- ``ortsae``: nearest neighbour within random chunks (OrtSAE), an approximation;
+- ``incremental``: the last stage of the staged dictionary (m new latents scored against all n).
+
+Exactness: for (a sample of) the active latents of the last batch, the fraction whose chosen
+neighbour has the exact nearest-neighbour |cos|, and the max abs error of the penalty.
+The vanilla step's FLOP/s (12 B n d per step) is reported as a fraction of a dense matmul's
+FLOP/s ([B, d] @ [d, n]) measured in the same process. The last line printed is machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lib.ortho import EXACT_METHODS, PENALTY_SHAPES, OrthoConfig, nn_abs_cos
+from lib.reproducibility import setup
+from lib.sae import SAE, SAEConfig
+from lib.train import Stepper, TrainConfig
+
+METHODS = ("vanilla", "naive", "active", "chunked", "cached", "ortsae", "incremental")
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+# Dense methods whose |cos| block with autograd would need more than this are not attempted.
+DENSE_LIMIT_BYTES = 8e9
+
+
+@dataclass
+class Result:
+    method: str
+    n: int
+    d: int
+    batch: int
+    step_s: float  # median time of one step (for cached: between refreshes)
+    refresh_s: float  # cached: one exact refresh; 0 otherwise
+    amortised_s: float  # step_s + refresh_s / K
+    peak_rss_mb: float
+    active: int  # active latents in the last batch
+    agreement: float  # fraction of checked active latents with an exact nearest neighbour
+    max_abs_err: float  # max abs error of the penalty value over checked latents
+    matmul_gflops: float
+    vanilla_gflops: float
+    note: str = ""
+
+
+def _args_check(n: int, d: int, batch: int, steps: int, k: int, refresh: int) -> None:
+    for name, v in (("n", n), ("d", d), ("batch", batch), ("steps", steps), ("k", k), ("refresh-every", refresh)):
+        if v <= 0:
+            raise SystemExit(f"--{name} must be a positive integer, got {v}")
+    if n < 2:
+        raise SystemExit(f"--n must be >= 2, got {n}")
+
+
+def _matmul_gflops(batch: int, d: int, n: int, reps: int = 3) -> float:
+    a, b = torch.randn(batch, d), torch.randn(d, n)
+    a @ b  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * batch * d * n * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _inputs(batch: int, d: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randn(batch, d, generator=g)
+
+
+def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh: int,
+            ortsae_chunk: int, stage_size: int, check_rows: int, threads: int, stale_steps: int = 0) -> Result:
+    """Time ``steps`` training steps of one method (after one warm-up step) in this process."""
+    setup(0, threads)
+    g = torch.Generator().manual_seed(0)
+    sae = SAE(SAEConfig(d=d, n_latents=n), generator=g)
+    with torch.no_grad():  # thresholds for a realistic L0 of ~32 per input
+        pre = sae.pre_acts(_inputs(min(batch, 2048), d, g))
+        sae.b_enc.copy_(-pre.quantile(1 - min(1.0, 32 / n), dim=0) if n > 32 else torch.zeros(n))
+    ortho_method = {"vanilla": "chunked", "incremental": "chunked"}.get(method, method)
+    cfg = TrainConfig(
+        steps=10**6, batch_size=batch, lr=1e-4, l1_coeff=1e-3,
+        ortho_weight=0.0 if method == "vanilla" else 1e-2,
+        ortho=OrthoConfig(method=ortho_method, cache_k=k, refresh_every=refresh, ortsae_chunk=ortsae_chunk),
+        stage_size=stage_size if method == "incremental" else 0,
+    )
+    stepper = Stepper(sae, cfg)
+    # the incremental method is timed in its last stage: m new latents against all n
+    step0 = cfg.steps - 1 if method == "incremental" else 0
+    xs = [_inputs(batch, d, g) for _ in range(steps + 1)]
+    refresh_s = 0.0
+    if stepper.cache is not None:  # time the first (exact, chunked) refresh; later ones cost the same
+        t0 = time.perf_counter()
+        stepper.cache.refresh(sae.W_dec, step0)
+        refresh_s = time.perf_counter() - t0
+    stepper(xs[0], step0)  # warm-up
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        stepper(xs[i + 1], step0 + 1 + i if method != "incremental" else step0)
+        times.append(time.perf_counter() - t0)
+    step_s = sorted(times)[len(times) // 2]
+    if stepper.cache is not None:
+        for i in range(stale_steps):  # let the candidates age before checking exactness
+            stepper(_inputs(batch, d, g), step0 + 1 + steps + i)
+    agreement, err, active = _exactness(sae, stepper, xs[-1], method, cfg.ortho, check_rows, stage_size)
+    vanilla_flops = 12 * batch * n * d / step_s / 1e9 if method == "vanilla" else float("nan")
+    return Result(
+        method, n, d, batch, step_s, refresh_s, step_s + refresh_s / refresh, _peak_rss_mb(), active,
+        agreement, err, _matmul_gflops(batch, d, n), vanilla_flops,
+    )
+
+
+@torch.no_grad()
+def _exactness(sae: SAE, stepper: Stepper, x: torch.Tensor, method: str, ortho: OrthoConfig,
+               check_rows: int, stage_size: int) -> tuple[float, float, int]:
+    codes = sae.encode(x)
+    active = (codes.amax(0) > 0).nonzero().flatten()
+    if method == "vanilla" or len(active) == 0:
+        return float("nan"), float("nan"), len(active)
+    rows = active
+    if method == "incremental":  # only the last stage's latents are scored, against rows < end = n
+        rows = rows[rows >= (sae.cfg.n_latents - 1) // stage_size * stage_size]
+    if len(rows) > check_rows:  # a random sample keeps the exact reference affordable at 100K
+        rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))[:check_rows]]
+    W = sae.W_dec
+    exact = nn_abs_cos(W, rows, method="chunked")
+    end = sae.cfg.n_latents  # the last stage compares with every row
+    got = nn_abs_cos(W[:end], rows, method=ortho.method, cache=stepper.cache, ortsae_chunk=ortho.ortsae_chunk)
+    shape = PENALTY_SHAPES[ortho.shape]
+    agree = float(((got - exact).abs() <= 1e-6).float().mean())
+    return agree, float((shape(got) - shape(exact)).abs().max()), len(active)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def expected_active(n: int, batch: int, l0: float = 32) -> float:
+    """Expected number of latents active in a batch when each fires with probability l0 / n."""
+    return n * (1 - math.exp(-batch * l0 / n))
+
+
+def measure(method: str, **kw) -> Result:
+    """Run one method in a fresh subprocess (its own peak memory) and return its result."""
+    n = kw["n"]
+    # Autograd keeps the |cos| block and its gradient: skip what cannot fit on this machine.
+    need = {"naive": 3 * 4 * n * n, "active": 3 * 4 * n * expected_active(n, kw["batch"])}.get(method, 0)
+    if need > DENSE_LIMIT_BYTES:
+        nan = float("nan")
+        return Result(method, n, kw["d"], kw["batch"], nan, 0.0, nan, nan, 0, nan, nan, nan, nan,
+                      note=f"skipped: its dense |cos| block with autograd needs ~{need / 1e9:.0f} GB")
+    cmd = [sys.executable, "-m", "lib.bench_ortho", "--worker", json.dumps({"method": method, **kw})]
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark worker for {method} failed:\n{out.stderr[-3000:]}")
+    return Result(**json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def benchmark(methods: list[str], **kw) -> list[Result]:
+    results = [measure(m, **kw) for m in ["vanilla"] + [m for m in methods if m != "vanilla"]]
+    return results
+
+
+def report(results: list[Result], refresh: int) -> str:
+    """A markdown table and the machine-readable summary line."""
+    van = results[0]
+    lines = [
+        (f"n={van.n} d={van.d} batch={van.batch}; vanilla step {van.step_s:.3f} s, "
+        f"{van.vanilla_gflops:.0f} GFLOP/s = {van.vanilla_gflops / van.matmul_gflops:.2f} x dense matmul "
+        f"({van.matmul_gflops:.0f} GFLOP/s); active latents in the last batch: {results[-1].active}"),
+        "",
+        "| method | exact | step (s) | refresh (s) | amortised overhead vs vanilla | peak RSS (MB) | neighbour agreement | max abs penalty error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        exact = "yes" if r.method in EXACT_METHODS or r.method == "vanilla" else (
+            "staged" if r.method == "incremental" else "between refreshes" if r.method == "cached" else "no (approx.)")
+        lines.append(
+            f"| {r.method} | {exact} | {r.step_s:.3f} | {r.refresh_s:.2f} | {r.amortised_s / van.step_s:.3f} | "
+            f"{r.peak_rss_mb:.0f} | {r.agreement:.4f} | {r.max_abs_err:.2e} | {r.note}".rstrip(" |") + " |"
+        )
+    cands = [r for r in results if r.method in ("chunked", "cached", "active", "naive") and not math.isnan(r.amortised_s)]
+    best = min(cands, key=lambda r: r.amortised_s) if cands else van
+    lines.append("")
+    lines.append(
+        f"n={van.n} d={van.d} best={best.method} overhead={best.amortised_s / van.step_s:.3f} "
+        f"agreement={best.agreement:.4f} vanilla_vs_matmul={van.vanilla_gflops / van.matmul_gflops:.2f}"
+    )
+    return "\n".join(lines)
+
+
+def quality(n_seeds: int = 3, steps: int = 3000, ortho_weight: float = 0.01, threads: int = 1) -> str:
+    """Toy ground-truth recovery per method (the Q3 setting of notebook 01, smaller).
+
+    64 features with Zipf firing (0.3 ... 0.003), copula-correlated in blocks of 4 (rho = 0.7),
+    orthogonal in d = 64; SAEs with 64 latents; ``n_seeds`` seeds per method as one stack.
+    """
+    import pandas as pd
+
+    from lib import sweep, toy
+    from lib.train import train
+
+    setup(0, threads)
+    data = toy.ToyData(
+        toy.ToyDataConfig(64, 64, firing="zipf", p_max=0.3, p_min=0.003, structure="copula", rho=0.7, block_size=4),
+        generator=torch.Generator().manual_seed(0),
+    )
+    variants = {
+        "vanilla": (0.0, OrthoConfig(), 0),
+        "chunked (exact)": (ortho_weight, OrthoConfig(), 0),
+        "cached (k=4, K=50)": (ortho_weight, OrthoConfig(method="cached", cache_k=4, refresh_every=50), 0),
+        "ortsae (chunks of 16)": (ortho_weight, OrthoConfig(method="ortsae", ortsae_chunk=16), 0),
+        "incremental (stages of 16)": (ortho_weight, OrthoConfig(), 16),
+    }
+    rows = []
+    for name, (w, ortho, stage) in variants.items():
+        sae = SAE(SAEConfig(64, 64, n_models=n_seeds), generator=torch.Generator().manual_seed(1))
+        cfg = TrainConfig(steps=steps, batch_size=256, lr=3e-3, l1_coeff=0.1, ortho_weight=w, ortho=ortho,
+                          stage_size=stage, log_every=steps)
+        t0 = time.perf_counter()
+        res = train(sae, sweep.as_sampler([data] * n_seeds), cfg, progress=False)
+        secs = (time.perf_counter() - t0) / steps
+        gt = sweep.ground_truth_scores(sae, data.directions)
+        stale = res.stale_agreement
+        rows.append({
+            "method": name,
+            "mcc": f"{gt.mcc.mean():.3f} ± {gt.mcc.std(ddof=0):.3f}",
+            "features alone": f"{gt.alone.mean():.3f} ± {gt.alone.std(ddof=0):.3f}",
+            "composition latents": f"{gt.n_compositions.mean():.1f} ± {gt.n_compositions.std(ddof=0):.1f}",
+            "missed": f"{gt.missed.mean():.3f}",
+            "ms/step (stack)": f"{1000 * secs:.1f}",
+            "stale-cache agreement (mean / min)": f"{np.mean(stale):.3f} / {np.min(stale):.3f}" if stale else "",
+            "stale-cache max abs error of max abs cos": f"{np.max(res.stale_max_error):.3f}" if stale else "",
+        })
+    return _markdown(pd.DataFrame(rows))
+
+
+def _markdown(df) -> str:
+    head = "| " + " | ".join(df.columns) + " |"
+    rule = "|" + "---|" * len(df.columns)
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=16384)
+    p.add_argument("--d", type=int, default=512)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--methods", default="naive,active,chunked,cached,ortsae,incremental")
+    p.add_argument("--k", type=int, default=8, help="cached: candidates per latent")
+    p.add_argument("--refresh-every", type=int, default=100, help="cached: steps between refreshes")
+    p.add_argument("--ortsae-chunk", type=int, default=1024)
+    p.add_argument("--stage-size", type=int, default=1024, help="incremental: latents per stage")
+    p.add_argument("--check-rows", type=int, default=4096, help="active latents checked against exact")
+    p.add_argument("--stale-steps", type=int, default=0,
+                   help="cached: untimed steps after the timed ones before exactness is checked "
+                        "(refresh-every - 1 - steps checks the stalest candidates)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--scaling", action="store_true", help="n = 4096 ... 100,000 at d = 768: figure + CSV")
+    p.add_argument("--quality", action="store_true", help="toy ground-truth recovery per method, then exit")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.quality:
+        print(quality(threads=1))
+        return
+    if a.worker:
+        kw = json.loads(a.worker)
+        print(json.dumps(asdict(run_one(**kw))))
+        return
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; allowed: {', '.join(METHODS)}")
+    kw = {"d": a.d, "batch": a.batch, "steps": a.steps, "k": a.k, "refresh": a.refresh_every,
+              "ortsae_chunk": a.ortsae_chunk, "stage_size": a.stage_size, "check_rows": a.check_rows, "threads": a.threads,
+              "stale_steps": a.stale_steps}
+    sizes = [4096, 16384, 32768, 65536, 100000] if a.scaling else [a.n]
+    all_results = []
+    for n in sizes:
+        _args_check(n, a.d, a.batch, a.steps, a.k, a.refresh_every)
+        results = benchmark(methods, n=n, **kw)
+        all_results += results
+        print(report(results, a.refresh_every), flush=True)
+    if a.scaling:
+        save_scaling(all_results)
+
+
+def save_scaling(results: list[Result]) -> None:
+    """Write results/ortho_scaling.csv and figures/ortho_scaling.png."""
+    import pandas as pd
+
+    from lib import plotting
+
+    df = pd.DataFrame([asdict(r) for r in results])
+    RESULTS.mkdir(exist_ok=True)
+    tmp = RESULTS / "ortho_scaling.csv.tmp"
+    df.to_csv(tmp, index=False)
+    tmp.replace(RESULTS / "ortho_scaling.csv")
+    series = {m: g.sort_values("n") for m, g in df.groupby("method", sort=False)}
+    fig = plotting.scaling(
+        {m: (g.n.to_numpy(), g.amortised_s.to_numpy(), g.peak_rss_mb.to_numpy()) for m, g in series.items()},
+        title=f"Orthogonality penalty cost, d={df.d.iloc[0]}, batch={df.batch.iloc[0]}",
+    )
+    print("wrote", plotting.save_figure(fig, "ortho_scaling"))
+
+
+if __name__ == "__main__":
+    main()

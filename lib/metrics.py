@@ -1,0 +1,195 @@
+"""Metrics for SAEs, with and without ground truth.
+
+Directions are always given as rows (``learned: [n_latents, d]``, ``true: [n_features, d]``).
+Ground-truth metrics: :func:`mmcs` (Sharkey et al.), :func:`mcc` (Hungarian-matched, as SAELens),
+:func:`feature_recovery`, :func:`matched_angle_error` and the composition detector
+:func:`detect_compositions`. Model-only metrics: :func:`l0`, :func:`fvu`, :func:`dead_fraction`,
+:func:`nn_abs_cos_distribution`. Pure math: nothing here trains, loads or plots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment, nnls
+from torch import Tensor
+
+from lib.ortho import nearest_neighbour_abs_cos
+
+# Per-feature recovery status (see detect_compositions).
+ALONE, IN_COMBINATION, MISSED = "alone", "in combination", "missed"
+# Per-latent kind.
+ATOM, COMPOSITION, OTHER = "atom", "composition", "other"
+
+
+def _rows(name: str, a: Tensor | np.ndarray) -> Tensor:
+    a = torch.as_tensor(a).detach().double()
+    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D [rows, d] array, got shape {tuple(a.shape)}")
+    if not torch.isfinite(a).all():
+        raise ValueError(f"{name} contains non-finite values")
+    return a
+
+
+def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
+    """Signed cosine similarity of rows. a: [m, d], b: [n, d] -> [m, n] (float64)."""
+    a, b = _rows("a", a), _rows("b", b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"row dimensions differ: {a.shape[1]} vs {b.shape[1]}")
+    an = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    bn = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return an @ bn.T
+
+
+def mmcs(learned: Tensor, true: Tensor) -> float:
+    """Mean over true directions of the max |cos| with any learned direction (both as rows)."""
+    return float(cosine_matrix(true, learned).abs().max(dim=1).values.mean())
+
+
+def mcc(learned: Tensor, true: Tensor) -> float:
+    """Mean |cos| of a one-to-one (Hungarian) matching of learned to true directions.
+
+    With unequal counts, the min(n_learned, n_true) matched pairs are averaged (as SAELens's
+    ``mean_correlation_coefficient``).
+    """
+    c = cosine_matrix(learned, true).abs().numpy()
+    r, k = linear_sum_assignment(-c)
+    return float(c[r, k].mean())
+
+
+def feature_recovery(learned: Tensor, true: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """For each true feature: the best |cos| with any latent and that latent's index.
+
+    Returns ``(best_cos [n_true], best_latent [n_true])``.
+    """
+    c = cosine_matrix(true, learned).abs()
+    best = c.max(dim=1)
+    return best.values.numpy(), best.indices.numpy()
+
+
+def matched_angle_error(learned: Tensor, reference: Tensor) -> float:
+    """Mean angle in degrees between Hungarian-matched learned and reference directions (signed)."""
+    c = cosine_matrix(learned, reference).clamp(-1, 1)
+    ang = torch.rad2deg(torch.arccos(c)).numpy()
+    r, k = linear_sum_assignment(ang)
+    return float(ang[r, k].mean())
+
+
+@dataclass
+class CompositionReport:
+    """Result of :func:`detect_compositions`.
+
+    Attributes:
+        latent_kind: [n_latents] ``"atom"``, ``"composition"`` or ``"other"``.
+        latent_parts: per latent, the true features it is made of (one for an atom).
+        feature_status: [n_true] ``"alone"``, ``"in combination"`` or ``"missed"``.
+    """
+
+    latent_kind: list[str]
+    latent_parts: list[tuple[int, ...]]
+    feature_status: list[str]
+
+    @property
+    def n_compositions(self) -> int:
+        return self.latent_kind.count(COMPOSITION)
+
+    def fraction(self, status: str) -> float:
+        return self.feature_status.count(status) / len(self.feature_status)
+
+
+def _fit_cos(parts: Tensor, w: np.ndarray) -> tuple[float, np.ndarray]:
+    """Best non-negative fit of unit vector w by the rows of parts: (cos(w, fit), coefficients)."""
+    coef, _ = nnls(parts.T, w)
+    fit = coef @ parts
+    norm = np.linalg.norm(fit)
+    return (float(fit @ w / norm) if norm > 0 else 0.0), coef
+
+
+def detect_compositions(
+    learned: Tensor,
+    true: Tensor,
+    atom_tol: float = 0.9,
+    fit_tol: float = 0.9,
+    max_parts: int = 3,
+    n_candidates: int = 5,
+    min_share: float = 0.15,
+) -> CompositionReport:
+    """Classify latents as atoms, compositions of true features, or other.
+
+    A latent is an *atom* of feature f when cos(latent, f) >= ``atom_tol`` (signed: codes are
+    non-negative, so a latent pointing at -f cannot represent f). Otherwise it is a
+    *composition* when a non-negative combination of 2..``max_parts`` true features (searched
+    exhaustively among the ``n_candidates`` most aligned ones, by NNLS) reaches cos >= ``fit_tol``
+    with every part carrying at least ``min_share`` of the coefficient mass; the smallest such
+    set is reported. A feature is *alone* if some latent is its atom, *in combination* if it is
+    only a part of compositions, else *missed*.
+    """
+    if not 0 < atom_tol <= 1 or not 0 < fit_tol <= 1:
+        raise ValueError(f"atom_tol and fit_tol must be in (0, 1], got {atom_tol}, {fit_tol}")
+    if not isinstance(max_parts, int) or max_parts < 2:
+        raise ValueError(f"max_parts must be an int >= 2, got {max_parts!r}")
+    if not 0 <= min_share < 1:
+        raise ValueError(f"min_share must be in [0, 1), got {min_share}")
+    c = cosine_matrix(learned, true).numpy()  # [n_latents, n_true]
+    t = _rows("true", true)
+    t = (t / t.norm(dim=1, keepdim=True)).numpy()
+    lw = _rows("learned", learned)
+    lw = (lw / lw.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
+    kinds: list[str] = []
+    parts: list[tuple[int, ...]] = []
+    for i in range(c.shape[0]):
+        best = int(c[i].argmax())
+        if c[i, best] >= atom_tol:
+            kinds.append(ATOM)
+            parts.append((best,))
+            continue
+        cand = [int(j) for j in np.argsort(-c[i])[:n_candidates] if c[i, j] > 0]
+        found: tuple[int, ...] = ()
+        for size in range(2, min(max_parts, len(cand)) + 1):
+            best_fit = (0.0, ())
+            for subset in combinations(cand, size):
+                fit, coef = _fit_cos(t[list(subset)], lw[i])
+                share = coef / coef.sum() if coef.sum() > 0 else coef
+                if fit >= fit_tol and share.min() >= min_share and fit > best_fit[0]:
+                    best_fit = (fit, tuple(sorted(subset)))
+            if best_fit[1]:
+                found = best_fit[1]
+                break
+        kinds.append(COMPOSITION if found else OTHER)
+        parts.append(found)
+    alone = {p[0] for k, p in zip(kinds, parts) if k == ATOM}
+    combined = {f for k, p in zip(kinds, parts) if k == COMPOSITION for f in p}
+    status = [
+        ALONE if f in alone else IN_COMBINATION if f in combined else MISSED
+        for f in range(t.shape[0])
+    ]
+    return CompositionReport(kinds, parts, status)
+
+
+def l0(codes: Tensor) -> Tensor:
+    """Mean number of active latents per input. codes: [(M,) batch, n] -> [(M,)]."""
+    return (codes > 0).float().sum(-1).mean(-1)
+
+
+def fvu(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Fraction of variance unexplained. x, x_hat: [(M,) batch, d] -> [(M,)].
+
+    Residual sum of squares over the total sum of squares around the batch mean.
+    """
+    resid = (x - x_hat).square().sum((-1, -2))
+    total = (x - x.mean(-2, keepdim=True)).square().sum((-1, -2))
+    return resid / total.clamp_min(1e-12)
+
+
+def dead_fraction(codes: Tensor) -> Tensor:
+    """Fraction of latents that never fire on the batch. codes: [(M,) batch, n] -> [(M,)]."""
+    return (codes.amax(-2) <= 0).float().mean(-1)
+
+
+def nn_abs_cos_distribution(W_dec: Tensor) -> np.ndarray:
+    """Nearest-neighbour |cos| of every decoder row. W_dec: [n, d] -> [n] numpy array."""
+    with torch.no_grad():
+        return nearest_neighbour_abs_cos(W_dec.detach().float()).numpy()

@@ -1,0 +1,130 @@
+"""The SAE objective's optimum for 2-D toy data, independent of SAE training.
+
+For a decoder ``D: [n, 2]`` (unit rows) and decoder bias ``b: [2]``, the best any encoder can do
+on a sample ``x`` is the non-negative lasso
+
+    L(x; D, b) = min_{c >= 0} ||x - b - c @ D||^2 + l1 * sum(c),
+
+so ``E_x L`` lower-bounds the SAE objective (reconstruction + l1 * L1) of every SAE with that
+decoder. In 2-D a solution with at most 2 non-zeros exists, so enumerating all supports of size
+<= 2 (closed form each) gives the exact minimum. :func:`search_optimum` minimises ``E_x L`` over
+decoder angles by a dense grid over sorted angle tuples (latents are interchangeable), then
+refines the best grid points (angles and decoder bias) by gradient descent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def best_code_loss(x: Tensor, D: Tensor, b: Tensor, l1: float) -> Tensor:
+    """Mean non-negative-lasso objective per decoder.
+
+    Args:
+        x: [S, 2] samples.
+        D: [..., n, 2] unit decoder rows.
+        b: [..., 2] decoder bias.
+        l1: L1 coefficient.
+
+    Returns:
+        [...] mean over samples of min_{c>=0} ||x - b - c D||^2 + l1 |c|_1.
+    """
+    y = x - b.unsqueeze(-2)  # [..., S, 2]
+    yy = y.square().sum(-1)  # [..., S]
+    p = y @ D.transpose(-1, -2)  # [..., S, n]
+    c1 = torch.relu(p - l1 / 2)
+    best = (yy.unsqueeze(-1) - c1.square()).amin(-1)  # includes c = 0 (c1 = 0)
+    n = D.shape[-2]
+    for k, m in combinations(range(n), 2):
+        g = (D[..., k, :] * D[..., m, :]).sum(-1).unsqueeze(-1)  # [..., 1]
+        det = 1 - g.square()
+        ok = det > 1e-9
+        safe = torch.where(ok, det, torch.ones_like(det))
+        rk, rm = p[..., k] - l1 / 2, p[..., m] - l1 / 2
+        ck, cm = (rk - g * rm) / safe, (rm - g * rk) / safe
+        feasible = ok & (ck > 0) & (cm > 0)
+        resid = y - ck.unsqueeze(-1) * D[..., k, :].unsqueeze(-2) - cm.unsqueeze(-1) * D[..., m, :].unsqueeze(-2)
+        obj = resid.square().sum(-1) + l1 * (ck + cm)
+        best = torch.minimum(best, torch.where(feasible, obj, torch.full_like(obj, float("inf"))))
+    return best.mean(-1)
+
+
+@dataclass
+class Optimum:
+    """decoder: [n, 2] unit rows; bias: [2]; loss: the minimal mean objective found."""
+
+    decoder: Tensor
+    bias: Tensor
+    loss: float
+
+
+def _angles_to_rows(theta: Tensor) -> Tensor:
+    return torch.stack([torch.cos(theta), torch.sin(theta)], dim=-1)
+
+
+def search_optimum(
+    x: Tensor,
+    n_latents: int,
+    l1: float,
+    grid_step_deg: float = 15.0,
+    n_refine: int = 8,
+    refine_steps: int = 200,
+    grid_samples: int = 512,
+    chunk: int = 1024,
+) -> Optimum:
+    """Minimise the best-code objective over decoder angles (and bias) for 2-D data.
+
+    Args:
+        x: [S, 2] samples (keep them fixed to compare SAEs on the same objective).
+        n_latents: number of decoder rows.
+        l1: L1 coefficient.
+        grid_step_deg: spacing of the dense angle grid.
+        n_refine: number of best grid points refined by gradient descent.
+        refine_steps: Adam steps per refinement.
+        grid_samples: samples used to rank grid points (refinement and the returned loss use all).
+    """
+    if x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"x must be [S, 2], got {tuple(x.shape)}")
+    if not isinstance(n_latents, int) or n_latents < 1:
+        raise ValueError(f"n_latents must be a positive int, got {n_latents!r}")
+    if not l1 > 0:
+        raise ValueError(f"l1 must be > 0, got {l1}")
+    if not 0 < grid_step_deg <= 90:
+        raise ValueError(f"grid_step_deg must be in (0, 90], got {grid_step_deg}")
+    grid = torch.deg2rad(torch.arange(0.0, 360.0, grid_step_deg))
+    idx = torch.tensor(list(combinations(range(len(grid)), n_latents)))
+    theta = grid[idx]  # [C, n]
+    losses = []
+    with torch.no_grad():
+        for s in range(0, len(theta), chunk):
+            D = _angles_to_rows(theta[s : s + chunk])
+            losses.append(best_code_loss(x[:grid_samples], D, torch.zeros(len(D), 2), l1))
+    losses = torch.cat(losses)
+    top = losses.argsort()[: max(1, n_refine)]
+    th = theta[top].clone().requires_grad_(True)
+    b = torch.zeros(len(top), 2, requires_grad=True)
+    opt = torch.optim.Adam([th, b], lr=1e-2)
+    for _ in range(refine_steps):
+        loss = best_code_loss(x, _angles_to_rows(th), b, l1).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        final = best_code_loss(x, _angles_to_rows(th), b, l1)
+        # keep the grid point if refinement did not help (the objective is only piecewise smooth)
+        grid_best = best_code_loss(x, _angles_to_rows(theta[top]), torch.zeros(len(top), 2), l1)
+        i = int(final.argmin())
+        if float(grid_best.min()) < float(final[i]):
+            j = int(grid_best.argmin())
+            return Optimum(_angles_to_rows(theta[top[j]]), torch.zeros(2), float(grid_best[j]))
+        return Optimum(_angles_to_rows(th[i].detach()), b[i].detach().clone(), float(final[i]))
+
+
+def angles_deg(rows: Tensor) -> np.ndarray:
+    """Angle of each 2-D row in degrees, in [0, 360)."""
+    return np.mod(np.rad2deg(np.arctan2(rows[:, 1].numpy(), rows[:, 0].numpy())), 360.0)

@@ -1,0 +1,187 @@
+"""Figure helpers: arrays in, a matplotlib figure out; :func:`save_figure` writes ``figures/NAME.png``.
+
+Nothing here computes a result; the notebooks compute and these only draw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+FIGURES = Path(__file__).resolve().parent.parent / "figures"
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def save_figure(fig: plt.Figure, name: str, folder: Path | None = None) -> Path:
+    """Save ``fig`` as ``<folder>/<name>.png`` (default: the project's ``figures/``).
+
+    PNG without a software/date stamp, so the same figure gives the same bytes.
+    """
+    if not name or any(c in name for c in "/\\ "):
+        raise ValueError(f"figure name must be a plain file stem without spaces, got {name!r}")
+    folder = FIGURES if folder is None else Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    tmp = folder / f".{name}.tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    tmp.replace(path)
+    return path
+
+
+def heatmaps(
+    values: Sequence[np.ndarray],
+    titles: Sequence[str],
+    row_labels: Sequence,
+    col_labels: Sequence,
+    xlabel: str,
+    ylabel: str,
+    suptitle: str = "",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    fmt: str = ".2f",
+    cmap: str = "viridis",
+    ncols: int | None = None,
+) -> plt.Figure:
+    """One annotated heatmap per array in ``values`` (each [len(row_labels), len(col_labels)]),
+    ``ncols`` per row (default: all in one row)."""
+    ncols = ncols or len(values)
+    nrows = -(-len(values) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols + 0.8, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(values):]:
+        ax.set_visible(False)
+    for ax, v, t in zip(axes.flat, values, titles):
+        sns.heatmap(
+            np.asarray(v), annot=True, fmt=fmt, vmin=vmin, vmax=vmax, cmap=cmap, cbar=False, ax=ax,
+            xticklabels=[str(c) for c in col_labels], yticklabels=[str(r) for r in row_labels],
+        )
+        ax.set(title=t, xlabel=xlabel, ylabel=ylabel)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def directions_2d(
+    panels: Sequence[Sequence[np.ndarray]],
+    titles: Sequence[str],
+    reference: Sequence[np.ndarray],
+    true: Sequence[np.ndarray],
+    suptitle: str = "",
+) -> plt.Figure:
+    """Decoder directions in 2-D. panels[i]: a list of [n, 2] decoders (drawn faintly, overlaid);
+    reference[i]: [n, 2] optimum decoder (dashed); true[i]: [f, 2] true feature directions (black)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, decs, ref, tru, t in zip(axes[0], panels, reference, true, titles):
+        for dec in decs:
+            for r in np.asarray(dec):
+                ax.plot([0, r[0]], [0, r[1]], color="tab:blue", alpha=0.25, lw=1.5)
+        for r in np.asarray(ref):
+            ax.plot([0, r[0]], [0, r[1]], color="tab:red", ls="--", lw=2)
+        for r in np.asarray(tru):
+            r = r / np.linalg.norm(r)
+            ax.plot([0, r[0]], [0, r[1]], color="black", lw=1, marker="o", ms=3)
+        ax.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), aspect="equal", title=t, xticks=[], yticks=[])
+    handles = [
+        plt.Line2D([], [], color="tab:blue", alpha=0.5, label="trained decoder rows"),
+        plt.Line2D([], [], color="tab:red", ls="--", label="optimum decoder"),
+        plt.Line2D([], [], color="black", marker="o", label="true features"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.06))
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def lines_with_spread(
+    x: Sequence,
+    series: dict[str, np.ndarray],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+    logy: bool = False,
+    ax: plt.Axes | None = None,
+) -> plt.Figure:
+    """Mean and +-1 std over seeds. series: label -> [n_seeds, len(x)]."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for label, ys in series.items():
+        ys = np.asarray(ys, dtype=float)
+        mean, std = ys.mean(0), ys.std(0)
+        ax.plot(x, mean, marker="o", label=label)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(fontsize="small")
+    return ax.figure if fig is None else fig
+
+
+def grid_of_lines(
+    x: Sequence,
+    panels: dict[str, dict[str, np.ndarray]],
+    xlabel: str,
+    ylabel: str,
+    suptitle: str = "",
+    logx: bool = False,
+) -> plt.Figure:
+    """Several :func:`lines_with_spread` panels side by side. panels: title -> series."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False, sharey=True)
+    for ax, (title, series) in zip(axes[0], panels.items()):
+        lines_with_spread(x, series, xlabel, ylabel, title=title, logx=logx, ax=ax)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def status_by_frequency(
+    bin_labels: Sequence[str],
+    fractions: dict[str, dict[str, np.ndarray]],
+    xlabel: str = "feature firing probability",
+    suptitle: str = "",
+) -> plt.Figure:
+    """Stacked bars of per-feature status per frequency bin, one panel per condition.
+
+    fractions: condition -> status -> [n_bins] mean fraction of features with that status.
+    """
+    fig, axes = plt.subplots(1, len(fractions), figsize=(4.6 * len(fractions), 3.6), squeeze=False, sharey=True)
+    colors = {"alone": "tab:green", "in combination": "tab:orange", "missed": "tab:red"}
+    for ax, (cond, by_status) in zip(axes[0], fractions.items()):
+        bottom = np.zeros(len(bin_labels))
+        for status, frac in by_status.items():
+            ax.bar(bin_labels, frac, bottom=bottom, label=status, color=colors.get(status))
+            bottom += np.asarray(frac)
+        ax.set(title=cond, xlabel=xlabel, ylabel="fraction of features", ylim=(0, 1.02))
+        ax.tick_params(axis="x", rotation=30)
+    axes[0, -1].legend(fontsize="small", loc="lower left")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def scaling(series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str = "") -> plt.Figure:
+    """Time per step and peak memory vs dictionary size. series: method -> (n, seconds, MB)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for method, (n, secs, mb) in series.items():
+        axes[0].plot(n, secs, marker="o", label=method)
+        axes[1].plot(n, mb, marker="o", label=method)
+    axes[0].set(xlabel="latents n", ylabel="seconds per training step (amortised)", xscale="log", yscale="log")
+    axes[1].set(xlabel="latents n", ylabel="peak RSS (MB)", xscale="log", yscale="log")
+    axes[0].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,316 @@
+"""The training loop every notebook uses.
+
+``loss = ||x - x_hat||^2 + l1_coeff * sum(codes) + ortho_weight * ortho_penalty`` per model
+(squared error summed over the input dimension, everything averaged over the batch; the L1 term is
+dropped for TopK SAEs). Stacked SAEs train side by side with per-model ``lr``, ``l1_coeff`` and
+``ortho_weight``: one Adam with unit step size, then each model's update is scaled by its own
+learning rate, which is exactly Adam with per-model learning rates.
+
+Decoder rows are kept at unit norm (the gradient's component along each row is removed before the
+step and rows are renormalised after it, as in SAELens and dictionary_learning).
+
+Checkpoints (model, optimiser, step, history and the global RNG state that drives the data) are
+written to a temporary file and renamed, so an interrupted run never leaves a checkpoint that is
+later trusted; ``train`` resumes from one when its configuration matches and refuses otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from lib.ortho import BOUNDED_SHAPES, NeighbourCache, OrthoConfig, ortho_penalty
+from lib.sae import SAE
+
+PerModel = float | tuple[float, ...]
+
+
+def _per_model(name: str, value: PerModel, n_models: int | None, positive: bool) -> Tensor:
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must hold finite numbers, got {v!r}")
+        if positive and v <= 0:
+            raise ValueError(f"{name} must be > 0, got {v!r}")
+        if not positive and name == "l1_coeff" and v < 0:
+            raise ValueError(f"l1_coeff must be >= 0, got {v!r}")
+    m = 1 if n_models is None else n_models
+    if len(values) not in (1, m):
+        raise ValueError(f"{name} needs 1 value or one per model (n_models={m}), got {len(values)}")
+    t = torch.tensor(values, dtype=torch.float32).expand(m).clone()
+    return t if n_models is not None else t[0]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run (of a single SAE or a stack).
+
+    Attributes:
+        steps: optimiser steps.
+        batch_size: inputs per step (per model).
+        lr: Adam learning rate, one value or one per stacked model.
+        l1_coeff: L1 coefficient (ReLU SAEs), one value or one per model; >= 0.
+        ortho_weight: lambda_orth, one value or one per model; negative rewards alignment and
+            needs a bounded penalty shape.
+        ortho: how the orthogonality penalty is computed.
+        log_every: steps between history records.
+        checkpoint_every: steps between checkpoints (0: only at the end, when a folder is given).
+        stage_size: 0 trains every latent from the start. m > 0 grows the dictionary in stages of
+            m latents (the incremental "batch approach"): stage s trains latents
+            [s*m, (s+1)*m) with the earlier ones frozen and the later ones switched off, and the
+            orthogonality penalty scores the new active latents against all latents so far,
+            O(m^2 + m n) per step. Steps are split evenly over the stages.
+    """
+
+    steps: int = 2000
+    batch_size: int = 512
+    lr: PerModel = 3e-3
+    l1_coeff: PerModel = 0.1
+    ortho_weight: PerModel = 0.0
+    ortho: OrthoConfig = field(default_factory=OrthoConfig)
+    log_every: int = 50
+    checkpoint_every: int = 0
+    stage_size: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("checkpoint_every", "stage_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        _per_model("lr", self.lr, None if not isinstance(self.lr, tuple) else len(self.lr), True)
+        for name in ("l1_coeff", "ortho_weight"):
+            v = getattr(self, name)
+            _per_model(name, v, None if not isinstance(v, tuple) else len(v), False)
+        weights = self.ortho_weight if isinstance(self.ortho_weight, tuple) else (self.ortho_weight,)
+        if min(weights) < 0 and self.ortho.shape not in BOUNDED_SHAPES:
+            raise ValueError(
+                f"a negative ortho_weight needs a bounded ortho.shape {BOUNDED_SHAPES}; "
+                f"shape={self.ortho.shape!r} would reward alignment without bound"
+            )
+
+    def fingerprint(self, sae: SAE) -> str:
+        """A string that identifies the run, stored in checkpoints to refuse a mismatched resume."""
+        return json.dumps(
+            {"train": dataclasses.asdict(self), "sae": dataclasses.asdict(sae.cfg)},
+            sort_keys=True,
+            default=str,
+        )
+
+
+@dataclass
+class TrainResult:
+    """history: name -> [n_records, (M,)] arrays (step, loss, recon, l1, ortho, l0);
+    stale_agreement: for the cached method, the agreement of the stale candidates at each refresh."""
+
+    history: dict[str, np.ndarray]
+    resumed_from: int = 0
+    stale_agreement: list[float] = field(default_factory=list)  # cached method: see NeighbourCache
+    stale_max_error: list[float] = field(default_factory=list)
+
+
+def stage_bounds(cfg: TrainConfig, n_latents: int, step: int) -> tuple[int, int]:
+    """Latents ``[start, end)`` trained at ``step`` (``(0, n_latents)`` without stages)."""
+    if not cfg.stage_size:
+        return 0, n_latents
+    n_stages = -(-n_latents // cfg.stage_size)
+    stage = min(step * n_stages // cfg.steps, n_stages - 1)
+    return stage * cfg.stage_size, min((stage + 1) * cfg.stage_size, n_latents)
+
+
+def loss_terms(
+    sae: SAE,
+    x: Tensor,
+    cfg: TrainConfig,
+    l1: Tensor,
+    ortho_w: Tensor,
+    cache: NeighbourCache | None = None,
+    stage: tuple[int, int] | None = None,
+) -> dict[str, Tensor]:
+    """Loss and its components, each [(M,)], for inputs ``x: [(M,) batch, d]``.
+
+    ``stage = (start, end)`` switches latents >= end off and scores only latents in
+    [start, end) with the orthogonality penalty (against all latents < end).
+    """
+    n = sae.cfg.n_latents
+    start, end = stage or (0, n)
+    codes = sae.encode(x)
+    if end < n:
+        codes = codes * (torch.arange(n, device=codes.device) < end).to(codes.dtype)
+    x_hat = sae.decode(codes)
+    recon = (x - x_hat).square().sum(-1).mean(-1)
+    sparsity = codes.sum(-1).mean(-1)
+    loss = recon + (l1 * sparsity if sae.cfg.kind == "relu" else 0.0)
+    use_ortho = bool((ortho_w != 0).any())
+    if use_ortho:
+        scored = codes if start == 0 else codes * (torch.arange(n, device=codes.device) >= start).to(codes.dtype)
+        pen = ortho_penalty(sae.W_enc, sae.W_dec, scored, cfg.ortho, cache=cache, limit=end if end < n else None)
+    else:
+        pen = torch.zeros_like(recon)
+    loss = loss + ortho_w * pen
+    return {"loss": loss, "recon": recon, "l1": sparsity, "ortho": pen, "l0": (codes > 0).float().sum(-1).mean(-1)}
+
+
+def _frozen_slices(sae: SAE, start: int, end: int) -> list[tuple[Tensor, Tensor]]:
+    """Views and copies of the parameters of latents outside [start, end) (incremental training:
+    frozen below ``start``, not yet added from ``end``)."""
+    views = []
+    for lo, hi in ((0, start), (end, sae.cfg.n_latents)):
+        if hi > lo:
+            views += [sae.W_enc[..., lo:hi], sae.b_enc[..., lo:hi], sae.W_dec[..., lo:hi, :]]
+    return [(v, v.detach().clone()) for v in views]
+
+
+@torch.no_grad()
+def _restore(frozen: list[tuple[Tensor, Tensor]]) -> None:
+    for view, saved in frozen:
+        view.copy_(saved)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class Stepper:
+    """One optimiser step of the shared loop, used by :func:`train` and the benchmark.
+
+    Holds the optimiser, the per-model hyperparameter tensors and the neighbour cache.
+    """
+
+    def __init__(self, sae: SAE, cfg: TrainConfig):
+        self.sae, self.cfg = sae, cfg
+        m = sae.cfg.n_models
+        device = sae.W_dec.device
+        self.lr = _per_model("lr", cfg.lr, m, True).to(device)
+        self.l1 = _per_model("l1_coeff", cfg.l1_coeff, m, False).to(device)
+        self.ortho_w = _per_model("ortho_weight", cfg.ortho_weight, m, False).to(device)
+        self.opt = torch.optim.Adam(sae.parameters(), lr=1.0 if m is not None else float(self.lr))
+        self.cache = cfg.ortho.make_cache() if bool((self.ortho_w != 0).any()) else None
+        self.params = list(sae.parameters())
+
+    def ortho_rows(self) -> Tensor:
+        """The matrix whose rows the penalty compares: decoder rows or encoder columns."""
+        sae = self.sae
+        return sae.W_dec if self.cfg.ortho.target == "decoder" else sae.W_enc.transpose(-1, -2)
+
+    def __call__(self, x: Tensor, step: int) -> dict[str, Tensor]:
+        sae, cfg = self.sae, self.cfg
+        x = x.to(sae.W_dec.device)
+        stage = stage_bounds(cfg, sae.cfg.n_latents, step)
+        if self.cache is not None:  # candidates among the latents that exist in this stage
+            self.cache.maybe_refresh(self.ortho_rows()[..., : stage[1], :], step)
+        terms = loss_terms(sae, x, cfg, self.l1, self.ortho_w, cache=self.cache, stage=stage)
+        if not torch.isfinite(terms["loss"]).all():
+            bad = (~torch.isfinite(terms["loss"].reshape(-1))).nonzero().flatten().tolist()
+            raise FloatingPointError(f"non-finite loss at step {step} (models {bad[:10]}); last checkpoint kept")
+        self.opt.zero_grad(set_to_none=True)
+        terms["loss"].sum().backward()
+        sae.remove_parallel_decoder_grad()
+        frozen = _frozen_slices(sae, *stage)
+        if sae.cfg.n_models is not None:
+            before = [p.detach().clone() for p in self.params]
+            self.opt.step()
+            with torch.no_grad():
+                for p, p0 in zip(self.params, before):
+                    scale = self.lr.reshape(-1, *([1] * (p.ndim - 1)))
+                    p.copy_(p0 + scale * (p - p0))
+        else:
+            self.opt.step()
+        sae.normalize_decoder()
+        _restore(frozen)  # after renormalising, which could move a frozen unit row by an ulp
+        return terms
+
+
+def train(
+    sae: SAE,
+    sample: Callable[[int], Tensor],
+    cfg: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``sae`` in place on batches from ``sample(batch_size) -> x: [(M,) batch, d]``.
+
+    Args:
+        sae: the (possibly stacked) SAE.
+        sample: draws a batch; it should use the global torch generator (saved in checkpoints),
+            so a resumed run sees the same data as an uninterrupted one.
+        cfg: hyperparameters.
+        checkpoint_dir: where ``checkpoint.pt`` lives; resumed from if present and matching.
+        progress: show a tqdm bar.
+
+    Raises:
+        FloatingPointError: a non-finite loss, naming the step; the last checkpoint is kept.
+        ValueError: a checkpoint in ``checkpoint_dir`` from a different configuration.
+    """
+    stepper = Stepper(sae, cfg)
+    opt, cache = stepper.opt, stepper.cache
+    ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
+    fingerprint = cfg.fingerprint(sae)
+    history: dict[str, list[np.ndarray]] = {}
+    start = 0
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            raise ValueError(f"checkpoint {ckpt} is from a different configuration; remove it or use another folder")
+        sae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        history, start = state["history"], state["step"]
+        if cache is not None and state.get("cache") is not None:
+            cache.load_state_dict(state["cache"])
+
+    def checkpoint(step: int) -> None:
+        if ckpt is None:
+            return
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        _save_checkpoint(
+            ckpt,
+            {
+                "fingerprint": fingerprint,
+                "model": sae.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": torch.get_rng_state(),
+                "history": history,
+                "step": step,
+                "cache": None if cache is None else cache.state_dict(),
+            },
+        )
+
+    bar = tqdm(range(start, cfg.steps), desc=desc, disable=not progress, initial=start, total=cfg.steps, mininterval=1.0)
+    for step in bar:
+        terms = stepper(sample(cfg.batch_size), step)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            rec = {k: v.detach().cpu().numpy().copy() for k, v in terms.items()}
+            rec["step"] = np.asarray(step + 1)
+            for k, v in rec.items():
+                history.setdefault(k, []).append(v)
+            if progress:
+                bar.set_postfix(loss=f"{float(terms['loss'].mean()):.4g}")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            checkpoint(step + 1)
+    if ckpt is not None and start < cfg.steps:
+        checkpoint(cfg.steps)
+    return TrainResult(
+        {k: np.stack(v) for k, v in history.items()},
+        resumed_from=start,
+        stale_agreement=[] if cache is None else list(cache.stale_agreement),
+        stale_max_error=[] if cache is None else list(cache.stale_max_error),
+    )

@@ -1,0 +1,106 @@
+"""Tests of lib.plotting: stable figure saving and the figure helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lib import plotting
+from lib.plotting import (
+    directions_2d,
+    grid_of_lines,
+    heatmaps,
+    lines_with_spread,
+    plt,
+    save_figure,
+    status_by_frequency,
+)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _figure():
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1, 2], [1, 0, 2], marker="o")
+    ax.set(title="test", xlabel="x")
+    return fig
+
+
+def test_save_figure_writes_png(tmp_path):
+    path = save_figure(_figure(), "example", folder=tmp_path / "sub")
+    assert path == tmp_path / "sub" / "example.png"
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["example.png"]  # no temporary file left
+    assert b"Software" not in data  # no software stamp
+
+
+def test_save_figure_same_bytes(tmp_path):
+    fig = _figure()
+    a = save_figure(fig, "a", folder=tmp_path).read_bytes()
+    b = save_figure(fig, "b", folder=tmp_path).read_bytes()
+    assert a == b
+    # a freshly drawn identical figure gives the same bytes too, and overwriting is fine
+    c = save_figure(_figure(), "a", folder=tmp_path).read_bytes()
+    assert c == a
+    # a different figure gives different bytes
+    fig2 = _figure()
+    fig2.axes[0].set_title("other")
+    assert save_figure(fig2, "d", folder=tmp_path).read_bytes() != a
+
+
+def test_save_figure_default_folder_is_project_figures():
+    assert plotting.FIGURES.name == "figures"
+    assert plotting.FIGURES.parent == plotting.Path(plotting.__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "a b", "a\\b", "../up"])
+def test_save_figure_bad_name(tmp_path, name):
+    with pytest.raises(ValueError, match="figure name"):
+        save_figure(_figure(), name, folder=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_heatmaps():
+    vals = [np.random.default_rng(0).random((2, 3)), np.zeros((2, 3))]
+    fig = heatmaps(vals, ["a", "b"], ["r0", "r1"], [1, 2, 3], "x", "y", suptitle="s")
+    assert len(fig.axes) == 2
+    assert fig.axes[0].get_title() == "a" and fig.axes[1].get_xlabel() == "x"
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "2", "3"]
+    assert len(fig.axes[0].texts) == 6  # one annotation per cell
+
+
+def test_directions_2d():
+    dec = np.array([[1.0, 0.0], [0.0, 1.0]])
+    true = [np.array([[2.0, 0.0], [0.0, 3.0]]), np.array([[1.0, 1.0], [-1.0, 1.0], [0.0, -4.0]])]
+    fig = directions_2d([[dec, -dec], [dec]], ["p", "q"], [dec, dec], true)
+    assert len(fig.axes) == 2
+    # panel 0: 4 trained rows + 2 reference + 2 true lines; panel 1: 2 + 2 + 3
+    assert len(fig.axes[0].lines) == 8 and len(fig.axes[1].lines) == 7
+    # true directions are drawn as unit vectors
+    end = fig.axes[1].lines[-1].get_xydata()[-1]
+    np.testing.assert_allclose(end, [0.0, -1.0])
+
+
+def test_lines_and_grid():
+    x = [1, 2, 4]
+    series = {"a": np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 5.0]])}
+    fig = lines_with_spread(x, series, "x", "y", logx=True, logy=True)
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [1.0, 2.0, 4.0])  # mean over seeds
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    fig = grid_of_lines(x, {"p": series, "q": series}, "x", "y", suptitle="s")
+    assert [a.get_title() for a in fig.axes] == ["p", "q"]
+
+
+def test_status_by_frequency():
+    fr = {"c1": {"alone": np.array([0.5, 0.2]), "missed": np.array([0.5, 0.8])}}
+    fig = status_by_frequency(["lo", "hi"], fr)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4
+    tops = sorted(p.get_y() + p.get_height() for p in ax.patches)
+    np.testing.assert_allclose(tops[-2:], [1.0, 1.0])  # stacked to 1
