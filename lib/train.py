@@ -196,6 +196,13 @@ class Stepper:
 
     def __init__(self, sae: SAE, cfg: TrainConfig):
         self.sae, self.cfg = sae, cfg
+        if cfg.stage_size:
+            n_stages = -(-sae.cfg.n_latents // cfg.stage_size)
+            if cfg.steps < n_stages:
+                raise ValueError(
+                    f"steps={cfg.steps} is fewer than the {n_stages} stages of stage_size={cfg.stage_size}; "
+                    "later stages would never train"
+                )
         m = sae.cfg.n_models
         device = sae.W_dec.device
         self.lr = _per_model("lr", cfg.lr, m, True).to(device)

@@ -1,0 +1,76 @@
+"""Smoke test of the benchmark CLI ``python -m lib.bench_ortho`` (one subprocess per method)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lib.bench_ortho import METHODS
+from lib.ortho import EXACT_METHODS
+
+ROOT = Path(__file__).resolve().parent.parent
+SUMMARY = re.compile(r"n=256 d=32 best=\w+ overhead=[0-9.]+ agreement=[0-9.]+ vanilla_vs_matmul=[0-9.]+")
+
+
+def _bench(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lib.bench_ortho", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    return _bench(
+        "--n", "256", "--d", "32", "--batch", "64", "--steps", "1", "--refresh-every", "5", "--threads", "1"
+    )
+
+
+def _table(stdout: str) -> dict[str, list[str]]:
+    """method -> the cells of its row in the markdown table."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in METHODS:
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_small_run_succeeds_with_summary_line(small_run):
+    assert small_run.returncode == 0, small_run.stderr[-3000:]
+    last = small_run.stdout.strip().splitlines()[-1]
+    assert SUMMARY.fullmatch(last), last
+    best = re.search(r"best=(\w+)", last).group(1)
+    assert best in ("chunked", "cached", "active", "naive")
+
+
+def test_small_run_reports_every_method(small_run):
+    rows = _table(small_run.stdout)
+    assert list(rows) == list(METHODS)  # vanilla first, then every default method
+    header = next(line for line in small_run.stdout.splitlines() if line.startswith("| method"))
+    col = [c.strip() for c in header.strip("|").split("|")].index("neighbour agreement")
+    for method in EXACT_METHODS:
+        assert rows[method][1] == "yes"
+        assert rows[method][col] == "1.0000", (method, rows[method])
+    assert rows["vanilla"][col] == "nan"
+    for cells in rows.values():
+        assert float(cells[2]) >= 0  # step time
+
+
+@pytest.mark.parametrize(
+    "args,option",
+    [(["--methods", "bogus"], "--methods"), (["--n", "0"], "--n")],
+)
+def test_bad_arguments_exit_nonzero_naming_the_option(args, option):
+    out = _bench(*args, "--d", "8", "--batch", "8", "--steps", "1", "--threads", "1", timeout=60)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith(option), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
