@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -119,7 +120,7 @@ def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh
         t0 = time.perf_counter()
         stepper(xs[i + 1], step0 + 1 + i if method != "incremental" else step0)
         times.append(time.perf_counter() - t0)
-    step_s = sorted(times)[len(times) // 2]
+    step_s = statistics.median(times)
     if stepper.cache is not None:
         for i in range(stale_steps):  # let the candidates age before checking exactness
             stepper(_inputs(batch, d, g), step0 + 1 + steps + i)

@@ -326,8 +326,8 @@ def nn_abs_cos(
     squeeze = W.ndim == 2
     W3 = W.unsqueeze(0) if squeeze else W
     frozen3 = None if frozen is None else (frozen.unsqueeze(0) if frozen.ndim == 1 else frozen)
-    # The neighbour search needs no gradient: unit rows from the detached norms.
-    Wd = W3.detach() / (norms.unsqueeze(0) if squeeze else norms).unsqueeze(-1)
+    # The neighbour search needs no gradient: detached rows and their norms.
+    Wd, norms3 = W3.detach(), (norms.unsqueeze(0) if squeeze else norms)
     if len(rows) == 0:
         out = W3.new_zeros(W3.shape[0], 0)
     elif reduction == "mean_all" or method in ("active", "naive"):
@@ -349,18 +349,21 @@ def nn_abs_cos(
                 dim=-1,
             )
     elif method == "chunked":
-        out = _recompute(W3, frozen3, rows, *_search_chunked(Wd, rows, tie_mode, tie_tol, chunk))
+        Wn = Wd / norms3.unsqueeze(-1)
+        out = _recompute(W3, frozen3, rows, *_search_chunked(Wn, rows, tie_mode, tie_tol, chunk))
     elif method == "cached":
         if cache is None or cache.candidates is None:
             raise ValueError("method='cached' needs a NeighbourCache that has been refreshed")
         if cache.candidates.shape[:2] != W3.shape[:2]:
             raise ValueError(f"cache holds {tuple(cache.candidates.shape[:2])} rows, W has {tuple(W3.shape[:2])}")
-        out = _recompute(W3, frozen3, rows, *_search_cached(Wd, rows, cache.candidates, tie_mode, tie_tol))
+        out = _recompute(
+            W3, frozen3, rows, *_search_cached(Wd, norms3, rows, cache.candidates, tie_mode, tie_tol, chunk)
+        )
     else:
         # The chunk search maps each row to one output position: score unique rows, then expand.
         uniq, inv = rows.unique(return_inverse=True)
         out = _recompute(
-            W3, frozen3, uniq, *_search_random_chunks(Wd, uniq, ortsae_chunk, tie_mode, tie_tol, generator)
+            W3, frozen3, uniq, *_search_random_chunks(Wd, norms3, uniq, ortsae_chunk, tie_mode, tie_tol, generator)
         )[:, inv]
     return out[0] if squeeze else out
 
@@ -375,33 +378,45 @@ def _search_chunked(Wn: Tensor, rows: Tensor, tie_mode: str, tie_tol: float, chu
 
 
 @torch.no_grad()
-def _search_cached(Wn: Tensor, rows: Tensor, candidates: Tensor, tie_mode: str, tie_tol: float):
-    cand = candidates[:, rows]  # [M, m, k]
-    m_idx = torch.arange(Wn.shape[0], device=Wn.device)[:, None, None]
-    c = (Wn[:, rows].unsqueeze(-2) * Wn[m_idx, cand]).sum(-1).abs()  # [M, m, k]
-    mm, rr, kk = _tied_pairs(c, tie_mode, tie_tol)
-    return mm, rr, cand[mm, rr, kk]
+def _search_cached(
+    W: Tensor, norms: Tensor, rows: Tensor, candidates: Tensor, tie_mode: str, tie_tol: float, block: int
+):
+    """Best of the k candidates of each row, in blocks of rows (no [m, k, d] temporary beyond a block).
+
+    W: [M, n, d] detached, norms: [M, n], candidates: [M, n, k]."""
+    m_idx = torch.arange(W.shape[0], device=W.device)[:, None, None]
+    parts = []
+    for s in range(0, len(rows), block):
+        r = rows[s : s + block]
+        cand = candidates[:, r]  # [M, b, k]
+        dots = (W[m_idx, cand] @ W[:, r].unsqueeze(-1)).squeeze(-1)  # [M, b, k]
+        c = (dots / (norms[:, r].unsqueeze(-1) * norms[m_idx, cand])).abs()
+        mm, rr, kk = _tied_pairs(c, tie_mode, tie_tol)
+        parts.append((mm, rr + s, cand[mm, rr, kk]))
+    return tuple(torch.cat(p) for p in zip(*parts))
 
 
 @torch.no_grad()
 def _search_random_chunks(
-    Wn: Tensor, rows: Tensor, size: int, tie_mode: str, tie_tol: float, generator: torch.Generator | None
+    W: Tensor, norms: Tensor, rows: Tensor, size: int, tie_mode: str, tie_tol: float,
+    generator: torch.Generator | None,
 ):
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
         raise ValueError(f"ortsae_chunk must be an int >= 2, got {size!r}")
-    n = Wn.shape[1]
-    groups = list(torch.randperm(n, generator=generator).to(Wn.device).split(size))
+    n = W.shape[1]
+    groups = list(torch.randperm(n, generator=generator).to(W.device).split(size))
     if len(groups) > 1 and len(groups[-1]) < 2:  # a row alone in its chunk has no neighbour
         last = groups.pop()
         groups[-1] = torch.cat([groups[-1], last])
-    pos = torch.full((n,), -1, dtype=torch.long, device=Wn.device)
-    pos[rows] = torch.arange(len(rows), device=Wn.device)
+    pos = torch.full((n,), -1, dtype=torch.long, device=W.device)
+    pos[rows] = torch.arange(len(rows), device=W.device)
     parts = []
     for members in groups:
         if (pos[members] < 0).all():
             continue
-        local = torch.arange(len(members), device=Wn.device)
-        mm, rr, cc = _tied_pairs(_abs_cos_block(Wn[:, members], Wn[:, members], local), tie_mode, tie_tol)
+        local = torch.arange(len(members), device=W.device)
+        Wn = W[:, members] / norms[:, members].unsqueeze(-1)
+        mm, rr, cc = _tied_pairs(_abs_cos_block(Wn, Wn, local), tie_mode, tie_tol)
         keep = pos[members[rr]] >= 0
         parts.append((mm[keep], pos[members[rr[keep]]], members[cc[keep]]))
     return tuple(torch.cat(p) for p in zip(*parts))

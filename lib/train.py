@@ -208,7 +208,8 @@ class Stepper:
         self.lr = _per_model("lr", cfg.lr, m, True).to(device)
         self.l1 = _per_model("l1_coeff", cfg.l1_coeff, m, False).to(device)
         self.ortho_w = _per_model("ortho_weight", cfg.ortho_weight, m, False).to(device)
-        self.opt = torch.optim.Adam(sae.parameters(), lr=1.0 if m is not None else float(self.lr))
+        # fused: one pass over the parameters per step instead of one per Adam operation
+        self.opt = torch.optim.Adam(sae.parameters(), lr=1.0 if m is not None else float(self.lr), fused=True)
         self.cache = cfg.ortho.make_cache() if bool((self.ortho_w != 0).any()) else None
         self.params = list(sae.parameters())
 
