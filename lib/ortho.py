@@ -186,7 +186,10 @@ def _recompute(
     O(pairs * d), and the gradient equals that of the dense computation (whose max/tie mask
     carries no gradient). Rows where ``frozen: [M, n]`` is True act without gradient.
     """
-    a, b = W[mm, rows[rr]], W[mm, cc]
+    # Row gathers on the flattened [M * n, d] view: index_select's backward is a plain index_add.
+    n = W.shape[1]
+    flat = W.reshape(-1, W.shape[-1])
+    a, b = flat.index_select(0, mm * n + rows[rr]), flat.index_select(0, mm * n + cc)
     if frozen is not None:
         b = torch.where(frozen[mm, cc].unsqueeze(-1), b.detach(), b)
     vals = ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).abs()
@@ -384,13 +387,17 @@ def _search_cached(
     """Best of the k candidates of each row, in blocks of rows (no [m, k, d] temporary beyond a block).
 
     W: [M, n, d] detached, norms: [M, n], candidates: [M, n, k]."""
-    m_idx = torch.arange(W.shape[0], device=W.device)[:, None, None]
+    M, n, d = W.shape
+    offset = (torch.arange(M, device=W.device) * n)[:, None, None]
+    flat, flat_norms = W.reshape(-1, d), norms.reshape(-1)
     parts = []
     for s in range(0, len(rows), block):
         r = rows[s : s + block]
         cand = candidates[:, r]  # [M, b, k]
-        dots = (W[m_idx, cand] @ W[:, r].unsqueeze(-1)).squeeze(-1)  # [M, b, k]
-        c = (dots / (norms[:, r].unsqueeze(-1) * norms[m_idx, cand])).abs()
+        lin = (cand + offset).flatten()
+        gathered = flat.index_select(0, lin).view(*cand.shape, d)  # [M, b, k, d]
+        dots = (gathered @ W[:, r].unsqueeze(-1)).squeeze(-1)  # [M, b, k]
+        c = (dots / (norms[:, r].unsqueeze(-1) * flat_norms.index_select(0, lin).view(cand.shape))).abs()
         mm, rr, kk = _tied_pairs(c, tie_mode, tie_tol)
         parts.append((mm, rr + s, cand[mm, rr, kk]))
     return tuple(torch.cat(p) for p in zip(*parts))
@@ -447,6 +454,7 @@ def ortho_penalty(
     cfg: OrthoConfig,
     cache: NeighbourCache | None = None,
     limit: int | None = None,
+    active: Tensor | None = None,
 ) -> Tensor:
     """Mean penalty over the scored latents, per model.
 
@@ -456,13 +464,16 @@ def ortho_penalty(
         cache: the neighbour cache, required for ``cfg.method == "cached"`` (refreshed by caller).
         limit: score only latents ``< limit`` and compare them with rows ``< limit`` (the
             incremental approach: latents not yet added do not exist).
+        active: optional bool [(M,) n], latents active in the batch, if the caller has it already
+            (saves a pass over the codes); derived from ``codes`` otherwise.
 
     Returns:
         [M] (stacked) or scalar penalty, not yet multiplied by lambda_orth. A model with no
         active latent in the batch gets 0.
     """
     W = W_dec if cfg.target == "decoder" else W_enc.transpose(-1, -2)
-    active = codes.detach().amax(dim=-2) > 0  # [(M,) n]
+    if active is None:
+        active = codes.detach().amax(dim=-2) > 0  # [(M,) n]
     if limit is not None:
         W, active = W[..., :limit, :], active[..., :limit]
     frozen = None if cfg.neighbour_grad else ~active

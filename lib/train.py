@@ -156,14 +156,19 @@ def loss_terms(
     recon = (x - x_hat).square().sum(-1).mean(-1)
     sparsity = codes.sum(-1).mean(-1)
     loss = recon + (l1 * sparsity if sae.cfg.kind == "relu" else 0.0)
+    fired = codes.detach() > 0  # one pass over [batch, n] serves L0 and the active set
     use_ortho = bool((ortho_w != 0).any())
     if use_ortho:
-        scored = codes if start == 0 else codes * (torch.arange(n, device=codes.device) >= start).to(codes.dtype)
-        pen = ortho_penalty(sae.W_enc, sae.W_dec, scored, cfg.ortho, cache=cache, limit=end if end < n else None)
+        active = fired.any(dim=-2)
+        if start > 0:
+            active = active & (torch.arange(n, device=codes.device) >= start)
+        pen = ortho_penalty(
+            sae.W_enc, sae.W_dec, codes, cfg.ortho, cache=cache, limit=end if end < n else None, active=active
+        )
     else:
         pen = torch.zeros_like(recon)
     loss = loss + ortho_w * pen
-    return {"loss": loss, "recon": recon, "l1": sparsity, "ortho": pen, "l0": (codes > 0).float().sum(-1).mean(-1)}
+    return {"loss": loss, "recon": recon, "l1": sparsity, "ortho": pen, "l0": fired.float().sum(-1).mean(-1)}
 
 
 def _frozen_slices(sae: SAE, start: int, end: int) -> list[tuple[Tensor, Tensor]]:
