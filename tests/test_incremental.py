@@ -17,6 +17,7 @@ from lib.ortho import PENALTY_SHAPES, OrthoConfig
 from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
 from lib.train import Stepper, TrainConfig, stage_bounds, train
+from tests.helpers import Interrupt
 
 D, N, M = 3, 6, 3  # input dim, latents, stage size: two stages
 
@@ -28,19 +29,6 @@ def _sample(b):
 
 def _sample_stacked(b):
     return torch.randn(2, b, D)
-
-
-class Interrupt:
-    """Wraps a sampler; raises KeyboardInterrupt on call number ``at`` (1-based)."""
-
-    def __init__(self, sample, at):
-        self.sample, self.at, self.calls = sample, at, 0
-
-    def __call__(self, b):
-        self.calls += 1
-        if self.calls == self.at:
-            raise KeyboardInterrupt
-        return self.sample(b)
 
 
 def _latent_params(sae, lo, hi):

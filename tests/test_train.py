@@ -12,6 +12,7 @@ from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
 from lib.toy import ToyData, ToyDataConfig
 from lib.train import TrainConfig, train
+from tests.helpers import Interrupt
 
 D, N = 4, 6
 
@@ -28,19 +29,6 @@ def _sampler(data, n_models=None):
     if n_models is None:
         return lambda b: data.sample(b).x
     return lambda b: torch.stack([data.sample(b).x for _ in range(n_models)])
-
-
-class Interrupt:
-    """Wraps a sampler; raises KeyboardInterrupt on call number ``at`` (1-based)."""
-
-    def __init__(self, sample, at):
-        self.sample, self.at, self.calls = sample, at, 0
-
-    def __call__(self, b):
-        self.calls += 1
-        if self.calls == self.at:
-            raise KeyboardInterrupt
-        return self.sample(b)
 
 
 CFG = TrainConfig(steps=24, batch_size=32, lr=1e-2, l1_coeff=0.05, ortho_weight=0.1, log_every=4)
