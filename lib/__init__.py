@@ -8,6 +8,8 @@ Modules, one concept each:
 - ``ortho``: the nearest-neighbour decoder orthogonality penalty.
 - ``metrics``: MMCS, MCC, feature recovery, composition detection, L0, FVU, dead latents.
 - ``optimum``: the SAE objective's optimum for low-dimensional toy data, by dense search.
-- ``train``: the shared training loop (config, progress, checkpoints, resume).
+- ``train``: the shared training loop (config, progress, checkpoints, resume, incremental stages).
+- ``sweep``: grids of small SAEs trained as one stacked model, and their evaluation tables.
 - ``plotting``: figure helpers (arrays in, figure out) and stable-name saving.
+- ``bench_ortho``: ``python -m lib.bench_ortho``, cost and exactness of the penalty methods.
 """
