@@ -22,7 +22,8 @@ sns.set_theme(style="whitegrid", context="notebook")
 def save_figure(fig: plt.Figure, name: str, folder: Path | None = None) -> Path:
     """Save ``fig`` as ``<folder>/<name>.png`` (default: the project's ``figures/``).
 
-    PNG without a software/date stamp, so the same figure gives the same bytes.
+    PNG without a software/date stamp, so the same figure gives the same bytes. Returns the path,
+    relative to the project when it lies inside it (so notebooks show no machine-specific path).
     """
     if not name or any(c in name for c in "/\\ "):
         raise ValueError(f"figure name must be a plain file stem without spaces, got {name!r}")
@@ -32,7 +33,10 @@ def save_figure(fig: plt.Figure, name: str, folder: Path | None = None) -> Path:
     tmp = folder / f".{name}.tmp.png"
     fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
     tmp.replace(path)
-    return path
+    try:
+        return path.relative_to(FIGURES.parent)
+    except ValueError:
+        return path
 
 
 def heatmaps(

@@ -21,12 +21,18 @@ Randomness comes from the global torch generator, seeded by :func:`lib.reproduci
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from sae_lens.synthetic import ActivationGenerator, zipfian_firing_probabilities
 from torch import Tensor
+from tqdm import TqdmWarning
+
+with warnings.catch_warnings():
+    # sae_lens imports tqdm.auto, which warns in notebook kernels without ipywidgets
+    warnings.simplefilter("ignore", TqdmWarning)
+    from sae_lens.synthetic import ActivationGenerator, zipfian_firing_probabilities
 
 EMBEDDINGS = ("orthogonal", "random", "given")
 FIRINGS = ("uniform", "zipf")
