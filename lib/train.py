@@ -316,7 +316,7 @@ def train(
             for k, v in rec.items():
                 history.setdefault(k, []).append(v)
             if progress:
-                bar.set_postfix(loss=f"{float(terms['loss'].mean()):.4g}")
+                bar.set_postfix(loss=f"{float(terms['loss'].detach().mean()):.4g}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             checkpoint(step + 1)
     if ckpt is not None and start < cfg.steps:
