@@ -183,7 +183,7 @@ def benchmark(methods: list[str], **kw) -> list[Result]:
     return results
 
 
-def report(results: list[Result], refresh: int) -> str:
+def report(results: list[Result]) -> str:
     """A markdown table and the machine-readable summary line."""
     van = results[0]
     lines = [
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         _args_check(n, a.d, a.batch, a.steps, a.k, a.refresh_every)
         results = benchmark(methods, n=n, **kw)
         all_results += results
-        print(report(results, a.refresh_every), flush=True)
+        print(report(results), flush=True)
     if a.scaling:
         save_scaling(all_results)
 

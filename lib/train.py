@@ -124,12 +124,17 @@ class TrainResult:
     stale_max_error: list[float] = field(default_factory=list)
 
 
+def n_stages(cfg: TrainConfig, n_latents: int) -> int:
+    """Number of dictionary stages (1 without stages)."""
+    return -(-n_latents // cfg.stage_size) if cfg.stage_size else 1
+
+
 def stage_bounds(cfg: TrainConfig, n_latents: int, step: int) -> tuple[int, int]:
     """Latents ``[start, end)`` trained at ``step`` (``(0, n_latents)`` without stages)."""
     if not cfg.stage_size:
         return 0, n_latents
-    n_stages = -(-n_latents // cfg.stage_size)
-    stage = min(step * n_stages // cfg.steps, n_stages - 1)
+    stages = n_stages(cfg, n_latents)
+    stage = min(step * stages // cfg.steps, stages - 1)
     return stage * cfg.stage_size, min((stage + 1) * cfg.stage_size, n_latents)
 
 
@@ -201,13 +206,12 @@ class Stepper:
 
     def __init__(self, sae: SAE, cfg: TrainConfig):
         self.sae, self.cfg = sae, cfg
-        if cfg.stage_size:
-            n_stages = -(-sae.cfg.n_latents // cfg.stage_size)
-            if cfg.steps < n_stages:
-                raise ValueError(
-                    f"steps={cfg.steps} is fewer than the {n_stages} stages of stage_size={cfg.stage_size}; "
-                    "later stages would never train"
-                )
+        stages = n_stages(cfg, sae.cfg.n_latents)
+        if cfg.steps < stages:
+            raise ValueError(
+                f"steps={cfg.steps} is fewer than the {stages} stages of stage_size={cfg.stage_size}; "
+                "later stages would never train"
+            )
         m = sae.cfg.n_models
         device = sae.W_dec.device
         self.lr = _per_model("lr", cfg.lr, m, True).to(device)
