@@ -81,6 +81,7 @@ def train_stack(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
+    init: Callable[[SAE], None] | None = None,
 ) -> SAE:
     """Train one SAE per row of ``rows``, all at once.
 
@@ -90,6 +91,8 @@ def train_stack(
     Args:
         sample: ``sample(batch) -> x: [len(rows), batch, d]``, or one data set per row.
         seed: seed of the decoder initialisation.
+        init: edits the freshly initialised SAE in place before training (e.g. a constructed
+            starting point from :mod:`lib.constructions`).
     """
     m = len(rows)
     if m == 0:
@@ -104,7 +107,10 @@ def train_stack(
         ortho=ortho or OrthoConfig(),
         log_every=max(1, steps // 10),
     )
-    sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(seed)).to(device)
+    sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(seed))
+    if init is not None:
+        init(sae)
+    sae = sae.to(device)
     train(sae, as_sampler(sample), cfg, progress=progress)
     return sae.cpu()
 

@@ -1,0 +1,171 @@
+"""Ablations of the orthogonality loss: named variants, trained as stacks over seeds.
+
+A :class:`Variant` is one design choice (penalty configuration, weight, base SAE, dictionary
+size). :func:`run_variants` trains every variant as one stack of ``n_seeds`` SAEs on the same data
+and returns one table row per trained SAE, so the notebooks only choose variants and plot.
+:func:`summary` turns that table into "mean ± std" per variant with the change against a
+reference variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lib import metrics, sweep
+from lib.ortho import OrthoConfig
+from lib.sae import SAE
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ablation setting.
+
+    Attributes:
+        name: label in tables and figures.
+        group: the design choice it belongs to (e.g. ``"shape"``).
+        ortho_weight: lambda_orth (0 = no penalty).
+        ortho: how the penalty is computed.
+        kind, k: base SAE (``"relu"`` with L1, or ``"topk"`` with ``k``).
+        n_latents: dictionary size, or None for the run's default.
+    """
+
+    name: str
+    group: str
+    ortho_weight: float = 0.0
+    ortho: OrthoConfig = field(default_factory=OrthoConfig)
+    kind: str = "relu"
+    k: int | None = None
+    n_latents: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.group:
+            raise ValueError("name and group must be non-empty strings")
+        if self.kind == "topk" and self.k is None:
+            raise ValueError(f"variant {self.name!r}: kind='topk' needs k")
+
+
+def standard_variants(ortho_weight: float, weights: Sequence[float], sizes: Sequence[int], k: int) -> list[Variant]:
+    """The ablation grid of the study brief (Q11) around the proposal.
+
+    The proposal is ``Variant("proposal", ...)``: nearest neighbour by |cos| of decoder rows,
+    ties -> mean, active latents with gradient into their neighbours, -log(1 - |cos|).
+    """
+    prop = OrthoConfig()
+    w = ortho_weight
+    out = [
+        Variant("vanilla", "reference"),
+        Variant("proposal", "reference", w, prop),
+        Variant("mean |cos| over all", "reduction", w, dataclasses.replace(prop, reduction="mean_all")),
+        Variant("one tied neighbour", "ties", w, dataclasses.replace(prop, tie_mode="first")),
+        Variant("neighbours frozen", "scope", w, dataclasses.replace(prop, neighbour_grad=False)),
+        Variant("all latents", "scope", w, dataclasses.replace(prop, scope="all")),
+    ]
+    out += [
+        Variant(f"shape {s}", "shape", w, dataclasses.replace(prop, shape=s))
+        for s in ("linear", "square", "sigmoid", "c2_over_1mc")
+    ]
+    out.append(Variant("encoder rows", "target", w, dataclasses.replace(prop, target="encoder")))
+    out += [Variant(f"λ={x:g}", "weight", x, prop) for x in weights if x not in (0, w)]
+    out += [Variant(f"{n} latents vanilla", "size", 0.0, n_latents=n) for n in sizes]
+    out += [Variant(f"{n} latents proposal", "size", w, prop, n_latents=n) for n in sizes]
+    out += [
+        Variant(f"TopK k={k} vanilla", "base", 0.0, kind="topk", k=k),
+        Variant(f"TopK k={k} proposal", "base", w, prop, kind="topk", k=k),
+    ]
+    return out
+
+
+def nn_cos_stats(W_dec: Tensor) -> dict[str, float]:
+    """Summary of the nearest-neighbour |cos| distribution of decoder rows ``[n, d]``."""
+    c = metrics.nn_abs_cos_distribution(W_dec)
+    return {"nn_cos_mean": float(c.mean()), "nn_cos_p95": float(np.quantile(c, 0.95)), "near_duplicates": int((c > 0.9).sum())}
+
+
+def run_variants(
+    variants: Sequence[Variant],
+    sample: sweep.Source,
+    d: int,
+    n_latents: int,
+    n_seeds: int,
+    x_eval: Tensor,
+    *,
+    true: Tensor | None = None,
+    rare: np.ndarray | None = None,
+    steps: int,
+    batch_size: int,
+    lr: float = 3e-3,
+    l1: float = 0.1,
+    seed: int = 0,
+    device: str = "cpu",
+    init: Callable[[SAE], None] | None = None,
+    extra: Callable[[SAE, int], dict] | None = None,
+    desc: str = "variants",
+) -> tuple[pd.DataFrame, dict[str, SAE]]:
+    """Train each variant as a stack of ``n_seeds`` SAEs and evaluate every model.
+
+    Args:
+        sample: ``batch -> [n_seeds, batch, d]`` or a sequence of ``n_seeds`` toy data sets.
+        x_eval: [S, d] fixed evaluation inputs (shared by all models).
+        true: [F, d] ground-truth directions (toy data): adds MMCS, MCC, composition counts
+            and the fraction of features learnt alone.
+        rare: [F] bool mask of rare features: adds ``rare_alone``.
+        init: constructed starting point applied to every stack before training.
+        extra: ``extra(single_sae, model_index) -> dict`` of more columns per model.
+
+    Returns:
+        One row per trained model (variant, group, seed, metrics) and the trained stacks by name.
+    """
+    if not variants:
+        raise ValueError("variants is empty")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names must be unique, got {names}")
+    rows, stacks = [], {}
+    for v in tqdm(variants, desc=desc):
+        grid = sweep.grid(n_seeds, ortho_weight=[v.ortho_weight])
+        sae = sweep.train_stack(
+            grid, sample, d=d, n_latents=v.n_latents or n_latents, kind=v.kind, k=v.k,
+            steps=steps, batch_size=batch_size, lr=lr, l1=l1, ortho=v.ortho, seed=seed,
+            device=device, init=init,
+        )
+        stacks[v.name] = sae
+        table = pd.concat([grid, sweep.evaluate_stack(sae, x_eval, l1 if v.kind == "relu" else 0.0)], axis=1)
+        if true is not None:
+            gt = sweep.ground_truth_scores(sae, true)
+            if rare is not None:
+                gt["rare_alone"] = [float(np.mean(np.asarray(s)[rare] == metrics.ALONE)) for s in gt.status]
+            table = pd.concat([table, gt.drop(columns="status")], axis=1)
+        per_model = []
+        for i in range(n_seeds):
+            row = nn_cos_stats(sae.W_dec[i].detach())
+            if extra is not None:
+                row.update(extra(sae.select(i), i))
+            per_model.append(row)
+        table = pd.concat([table, pd.DataFrame(per_model)], axis=1)
+        rows.append(table.assign(variant=v.name, group=v.group, n_latents=v.n_latents or n_latents))
+    return pd.concat(rows, ignore_index=True), stacks
+
+
+def summary(df: pd.DataFrame, cols: Sequence[str], reference: str = "proposal", digits: int = 3) -> pd.DataFrame:
+    """Per variant: ``mean ± std`` over seeds of ``cols``, and the mean change against ``reference``.
+
+    Raises:
+        ValueError: ``reference`` is not a variant of ``df``.
+    """
+    if reference not in set(df.variant):
+        raise ValueError(f"reference {reference!r} is not a variant in the table")
+    g = df.groupby(["group", "variant"], sort=False)[list(cols)]
+    mean, std = g.mean(), g.std(ddof=0)
+    ref = mean.xs(reference, level="variant").iloc[0]
+    out = pd.DataFrame(index=mean.index)
+    for c in cols:
+        out[c] = [f"{m:.{digits}g} ± {s:.1g}" for m, s in zip(mean[c], std[c])]
+        out[f"Δ{c}"] = (mean[c] - ref[c]).round(digits)
+    return out

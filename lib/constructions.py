@@ -1,0 +1,121 @@
+"""Starting points built on purpose for the ablations of the orthogonality loss (notebook 04).
+
+Each function edits a (possibly stacked) :class:`lib.sae.SAE` in place before training, so that a
+failure mode the study brief names is present from step 0 and an ablation can show which variant
+of the penalty escapes it:
+
+- :func:`duplicate_rows`: groups of latents start with (nearly) the same decoder and encoder
+  rows, so each latent has several tied nearest neighbours at |cos| ~ 1 (tie handling, and the
+  flattening sigmoid shape, which gives almost no gradient there);
+- :func:`plant_blockers`: the dictionary starts at the true features, plus rarely-active
+  "blocker" latents whose decoder rows sit next to some of them (the blocking failure mode: if
+  the blocker's row cannot move, the penalty pushes the useful latent away from its feature).
+
+Pure math: imports nothing from training, loading or plotting.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lib.sae import SAE
+
+
+def _models(sae: SAE) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Per model: (W_enc [d, n], b_enc [n], W_dec [n, d]) views that can be edited in place."""
+    if sae.stacked:
+        return [(sae.W_enc[i], sae.b_enc[i], sae.W_dec[i]) for i in range(sae.cfg.n_models)]
+    return [(sae.W_enc, sae.b_enc, sae.W_dec)]
+
+
+@torch.no_grad()
+def duplicate_rows(sae: SAE, n_groups: int, copies: int, noise: float, generator: torch.Generator) -> None:
+    """Make latents ``[g * copies, (g + 1) * copies)`` copies of latent ``g * copies`` for
+    ``g < n_groups`` (decoder row and encoder column), each perturbed by Gaussian noise of
+    relative size ``noise`` and renormalised, so their pairwise |cos| is ~1 - noise^2 / 2.
+
+    Raises:
+        ValueError: sizes that do not fit the dictionary, or a negative noise.
+    """
+    if not isinstance(n_groups, int) or n_groups < 1:
+        raise ValueError(f"n_groups must be a positive int, got {n_groups!r}")
+    if not isinstance(copies, int) or copies < 2:
+        raise ValueError(f"copies must be an int >= 2, got {copies!r}")
+    if n_groups * copies > sae.cfg.n_latents:
+        raise ValueError(
+            f"n_groups * copies = {n_groups * copies} exceeds n_latents = {sae.cfg.n_latents}"
+        )
+    if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
+        raise ValueError(f"noise must be in [0, 1), got {noise!r}")
+    for W_enc, b_enc, W_dec in _models(sae):
+        for g in range(n_groups):
+            src = g * copies
+            for j in range(src + 1, src + copies):
+                row = W_dec[src] + noise * torch.randn(W_dec.shape[1], generator=generator)
+                W_dec[j] = row / row.norm()
+                W_enc[:, j] = W_dec[j] * W_enc[:, src].norm()
+                b_enc[j] = b_enc[src]
+
+
+@torch.no_grad()
+def plant_blockers(
+    sae: SAE,
+    true: Tensor,
+    blocked: Sequence[int],
+    cos: float = 0.99,
+    bias: float = -10.0,
+    generator: torch.Generator | None = None,
+    at_solution: bool = False,
+) -> list[int]:
+    """Place rarely-active latents next to some true features, so they block them.
+
+    With ``at_solution``, latents ``0..F-1`` first get the true directions as decoder rows
+    (encoder = decoder transpose, zero bias); otherwise they keep their random init and must
+    still learn the features. For the ``j``-th feature ``f`` in ``blocked``, latent ``F + j`` (a "blocker") gets the
+    decoder row ``cos * f + sqrt(1 - cos^2) * u`` (``u`` a random unit vector orthogonal to f)
+    and encoder bias ``bias``, so it never fires on inputs of norm below ``-bias``. Its row is
+    then the nearest neighbour of latent ``f`` at |cos| = ``cos``.
+
+    Args:
+        true: [F, d] unit true feature directions.
+        blocked: indices of the features to block.
+
+    Returns:
+        The blocker latent indices (``F + j``).
+
+    Raises:
+        ValueError: shapes that do not fit, indices out of range, ``cos`` outside (0, 1).
+    """
+    if true.ndim != 2 or true.shape[1] != sae.cfg.d:
+        raise ValueError(f"true must have shape [F, d={sae.cfg.d}], got {tuple(true.shape)}")
+    n_true = true.shape[0]
+    blocked = list(blocked)
+    if not blocked:
+        raise ValueError("blocked must name at least one feature")
+    if len(set(blocked)) != len(blocked) or not all(0 <= f < n_true for f in blocked):
+        raise ValueError(f"blocked must hold distinct feature indices in [0, {n_true}), got {blocked}")
+    if n_true + len(blocked) > sae.cfg.n_latents:
+        raise ValueError(
+            f"need n_latents >= F + len(blocked) = {n_true + len(blocked)}, got {sae.cfg.n_latents}"
+        )
+    if not 0 < cos < 1:
+        raise ValueError(f"cos must be in (0, 1), got {cos!r}")
+    t = true / true.norm(dim=1, keepdim=True)
+    blockers = [n_true + j for j in range(len(blocked))]
+    for W_enc, b_enc, W_dec in _models(sae):
+        if at_solution:
+            W_dec[:n_true] = t
+            W_enc[:, :n_true] = t.T
+            b_enc[:n_true] = 0.0
+        for b, f in zip(blockers, blocked):
+            u = torch.randn(sae.cfg.d, generator=generator)
+            u = u - (u @ t[f]) * t[f]
+            u = u / u.norm()
+            W_dec[b] = cos * t[f] + math.sqrt(1 - cos**2) * u
+            W_enc[:, b] = W_dec[b]
+            b_enc[b] = bias
+    return blockers
