@@ -4,7 +4,8 @@ Directions are always given as rows (``learned: [n_latents, d]``, ``true: [n_fea
 Ground-truth metrics: :func:`mmcs` (Sharkey et al.), :func:`mcc` (Hungarian-matched, as SAELens),
 :func:`feature_recovery`, :func:`matched_angle_error` and the composition detector
 :func:`detect_compositions`. Model-only metrics: :func:`l0`, :func:`fvu`, :func:`dead_fraction`,
-:func:`nn_abs_cos_distribution`. Pure math: nothing here trains, loads or plots.
+:func:`nn_abs_cos_distribution`, :func:`histogram_peaks`. Across runs: :func:`match_fraction`
+(with :func:`mcc`, seed stability). Pure math: nothing here trains, loads or plots.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from itertools import combinations
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment, nnls
+from scipy.signal import find_peaks
 from torch import Tensor
 
 from lib.ortho import nearest_neighbour_abs_cos
@@ -193,3 +195,34 @@ def nn_abs_cos_distribution(W_dec: Tensor) -> np.ndarray:
     """Nearest-neighbour |cos| of every decoder row. W_dec: [n, d] -> [n] numpy array."""
     with torch.no_grad():
         return nearest_neighbour_abs_cos(W_dec.detach().float()).numpy()
+
+
+def match_fraction(a: Tensor, b: Tensor, threshold: float = 0.7) -> float:
+    """Fraction of the rows of ``a`` whose best cosine with a row of ``b`` is >= ``threshold``.
+
+    The seed-stability measure of Paulo & Belrose (2025): a latent of one run "has a match" in
+    another run when some decoder row there points the same way. Signed cosine, since codes are
+    non-negative. a: [n_a, d], b: [n_b, d].
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    return float((cosine_matrix(a, b).max(dim=1).values >= threshold).float().mean())
+
+
+def histogram_peaks(values: np.ndarray, bins: int = 50, prominence: float = 0.02) -> list[float]:
+    """Centres of the peaks of the histogram of ``values`` on [0, 1] (e.g. nearest-neighbour |cos|).
+
+    A peak is a local maximum of the normalised histogram (bin masses summing to 1) standing at
+    least ``prominence`` above its surroundings (``scipy.signal.find_peaks``); edge bins count.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size == 0 or not np.isfinite(values).all():
+        raise ValueError("values must be a non-empty array of finite numbers")
+    if not isinstance(bins, int) or bins < 3:
+        raise ValueError(f"bins must be an int >= 3, got {bins!r}")
+    mass, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    mass = mass / mass.sum()
+    # Zero padding lets a maximum in the first or last bin count as a peak.
+    idx, _ = find_peaks(np.concatenate([[0.0], mass, [0.0]]), prominence=prominence)
+    centres = (edges[:-1] + edges[1:]) / 2
+    return [float(centres[i - 1]) for i in idx]

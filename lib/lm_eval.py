@@ -1,0 +1,100 @@
+"""Evaluation of SAEs trained on language-model activations.
+
+- :func:`activation_metrics`: L0, fraction of variance explained, dead and dense latents on held-out
+  activations;
+- :func:`ce_table`: next-token cross-entropy of the model clean, with the residual zero-ablated,
+  and with each SAE's reconstruction spliced in, plus the fraction of CE loss recovered.
+
+SAEs are expected in raw activation units (an input scale used in training folded into the
+weights, as :func:`lib.runs.train_or_load` returns them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from lib import lm
+from lib.sae import SAE
+
+# A latent firing on more than this fraction of tokens is "dense" (it behaves like a bias).
+DENSE_FRACTION = 0.1
+
+
+@torch.no_grad()
+def activation_metrics(sae: SAE, x: Tensor, batch: int = 8192) -> dict[str, float]:
+    """Metrics of a single SAE on held-out activations.
+
+    Args:
+        sae: an un-stacked SAE.
+        x: [N, d] activations.
+
+    Returns:
+        l0 (mean active latents per token), fve (fraction of variance explained, 1 - FVU),
+        dead (fraction of latents that never fire on x), dense (fraction firing on more than
+        ``DENSE_FRACTION`` of tokens), mse (squared error per token).
+    """
+    if sae.stacked:
+        raise ValueError("activation_metrics needs a single SAE; use sae.select(i) for a stack")
+    if x.ndim != 2 or x.shape[1] != sae.cfg.d:
+        raise ValueError(f"x must have shape [N, {sae.cfg.d}], got {tuple(x.shape)}")
+    fires = torch.zeros(sae.cfg.n_latents)
+    l0_sum, sq_err, n = 0.0, 0.0, 0
+    for start in range(0, len(x), batch):
+        xb = x[start : start + batch].float()
+        x_hat, codes = sae(xb)
+        active = codes > 0
+        fires += active.sum(0)
+        l0_sum += active.sum().item()
+        sq_err += (xb - x_hat).square().sum().item()
+        n += len(xb)
+    xs = x.float()
+    total_var = (xs - xs.mean(0)).square().sum().item()
+    freq = fires / n
+    return {
+        "l0": l0_sum / n,
+        "fve": 1 - sq_err / total_var,
+        "dead": (freq == 0).float().mean().item(),
+        "dense": (freq > DENSE_FRACTION).float().mean().item(),
+        "mse": sq_err / n,
+    }
+
+
+def splice(sae: SAE):
+    """The residual -> SAE reconstruction map for :func:`lib.lm.ce_losses`."""
+
+    def fn(resid: Tensor) -> Tensor:
+        shape = resid.shape
+        x_hat, _ = sae(resid.reshape(-1, shape[-1]).float())
+        return x_hat.reshape(shape)
+
+    return fn
+
+
+def ce_table(model: lm.LoadedModel, tokens: Tensor, layer: int, saes: Mapping[str, SAE]) -> pd.DataFrame:
+    """CE loss clean / zero-ablated / spliced per SAE, and the fraction recovered.
+
+    Args:
+        tokens: [n_seq, ctx] held-out tokens.
+        saes: name -> single SAE.
+
+    Returns:
+        One row per SAE: clean, zero, spliced (nats), ce_recovered, ce_increase (spliced - clean).
+    """
+    losses = lm.ce_losses(model, tokens, layer, {name: splice(s) for name, s in saes.items()})
+    rows = [
+        {
+            "sae": name,
+            "clean": losses["clean"],
+            "zero": losses["zero"],
+            "spliced": losses[name],
+            "ce_recovered": lm.ce_loss_recovered(losses["clean"], losses["zero"], losses[name]),
+            "ce_increase": losses[name] - losses["clean"],
+        }
+        for name in saes
+    ]
+    return pd.DataFrame(rows).set_index("sae")
+
