@@ -4,6 +4,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+# Progress bars refresh at most every 30 s, so rendered notebooks and CI logs stay short.
+export TQDM_MININTERVAL ?= 30
 # Extra papermill parameters, e.g. make study PARAMS="-p device cuda -p scale 4"
 PARAMS ?=
 

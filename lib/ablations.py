@@ -2,9 +2,10 @@
 
 A :class:`Variant` is one design choice (penalty configuration, weight, base SAE, dictionary
 size). :func:`run_variants` trains every variant as one stack of ``n_seeds`` SAEs on the same data
-and returns one table row per trained SAE, so the notebooks only choose variants and plot.
-:func:`summary` turns that table into "mean ± std" per variant with the change against a
-reference variant.
+and returns one table row per trained SAE, so the notebooks only choose variants and plot;
+:func:`run_lm_variants` does the same on cached language-model activations (one run per seed,
+shared through :func:`lib.runs.train_lm_sae`). :func:`summary` turns that table into "mean ± std" per variant with the change against a
+reference variant, and :func:`verdict` says whether a change exceeds the spread over seeds.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lib import metrics, sweep
+from lib import lm_eval, metrics, sweep
+from lib.lm_data import LMData
 from lib.ortho import OrthoConfig
+from lib.runs import LMSAESpec, train_lm_sae
 from lib.sae import SAE
 
 
@@ -129,6 +133,7 @@ def run_variants(
         raise ValueError(f"variant names must be unique, got {names}")
     rows, stacks = [], {}
     for v in tqdm(variants, desc=desc):
+        torch.manual_seed(seed)  # every variant sees the same data stream, whatever the order
         grid = sweep.grid(n_seeds, ortho_weight=[v.ortho_weight])
         sae = sweep.train_stack(
             grid, sample, d=d, n_latents=v.n_latents or n_latents, kind=v.kind, k=v.k,
@@ -169,3 +174,65 @@ def summary(df: pd.DataFrame, cols: Sequence[str], reference: str = "proposal", 
         out[c] = [f"{m:.{digits}g} ± {s:.1g}" for m, s in zip(mean[c], std[c])]
         out[f"Δ{c}"] = (mean[c] - ref[c]).round(digits)
     return out
+
+
+def run_lm_variants(
+    variants: Sequence[Variant],
+    data: LMData,
+    layer: int,
+    n_seeds: int,
+    base: LMSAESpec,
+    x_eval: Tensor,
+    ce_tokens: Tensor | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Train each variant ``n_seeds`` times on cached language-model activations and evaluate.
+
+    Args:
+        base: the shared training settings; each variant replaces its penalty, weight, kind and
+            (if set) dictionary size.
+        x_eval: [N, d] held-out activations of ``layer``.
+        ce_tokens: [n_seq, ctx] held-out tokens: adds CE loss recovered for the first seed of
+            every variant (one spliced pass each), or None to skip.
+
+    Returns:
+        One row per trained SAE (variant, group, seed, L0, FVE, dead, dense, nearest-neighbour
+        |cos| stats), and the CE table (None without ``ce_tokens``).
+    """
+    if not variants:
+        raise ValueError("variants is empty")
+    sample = data.train[layer].sampler()  # loaded once, shared by every run
+    rows, first = [], {}
+    for v in tqdm(variants, desc="LM variants"):
+        spec = dataclasses.replace(
+            base, name=f"abl-{base.name}", kind=v.kind, k=v.k, ortho_weight=v.ortho_weight, ortho=v.ortho,
+            n_latents=v.n_latents or base.n_latents,
+        )
+        for s in range(n_seeds):
+            sae, _ = train_lm_sae(data, layer, spec, seed + s, sample, device=device)
+            if s == 0:
+                first[v.name] = sae
+            rows.append({
+                "variant": v.name, "group": v.group, "seed": s, "n_latents": spec.n_latents,
+                **lm_eval.activation_metrics(sae, x_eval), **nn_cos_stats(sae.W_dec.detach()),
+            })
+    ce = None if ce_tokens is None else lm_eval.ce_table(data.lm, ce_tokens, layer, first)
+    return pd.DataFrame(rows), ce
+
+
+def verdict(df: pd.DataFrame, col: str, higher_is_better: bool, reference: str = "proposal") -> pd.Series:
+    """Per variant, how it compares with ``reference`` on ``col``: "better", "worse" or "same".
+
+    A difference counts when the means differ by more than the larger of the two standard
+    deviations over seeds plus 1% of the reference mean's magnitude; otherwise "same" (not
+    distinguishable at this number of seeds).
+    """
+    g = df.groupby("variant", sort=False)[col]
+    mean, std = g.mean(), g.std(ddof=0).fillna(0.0)
+    if reference not in mean:
+        raise ValueError(f"reference {reference!r} is not a variant in the table")
+    diff = mean - mean[reference]
+    tol = np.maximum(std, std[reference]) + 0.01 * abs(mean[reference])
+    sign = np.sign(diff) * (1 if higher_is_better else -1)
+    return pd.Series(np.where(diff.abs() <= tol, "same", np.where(sign > 0, "better", "worse")), index=mean.index)

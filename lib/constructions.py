@@ -35,8 +35,9 @@ def _models(sae: SAE) -> list[tuple[Tensor, Tensor, Tensor]]:
 @torch.no_grad()
 def duplicate_rows(sae: SAE, n_groups: int, copies: int, noise: float, generator: torch.Generator) -> None:
     """Make latents ``[g * copies, (g + 1) * copies)`` copies of latent ``g * copies`` for
-    ``g < n_groups`` (decoder row and encoder column), each perturbed by Gaussian noise of
-    relative size ``noise`` and renormalised, so their pairwise |cos| is ~1 - noise^2 / 2.
+    ``g < n_groups`` (decoder row and encoder column), each perturbed by a random vector of norm
+    ~``noise`` (Gaussian, scaled by 1/sqrt(d)) and renormalised, so a copy has |cos| ~1 - noise^2/2
+    with its source and ~1 - noise^2 with another copy.
 
     Raises:
         ValueError: sizes that do not fit the dictionary, or a negative noise.
@@ -55,7 +56,7 @@ def duplicate_rows(sae: SAE, n_groups: int, copies: int, noise: float, generator
         for g in range(n_groups):
             src = g * copies
             for j in range(src + 1, src + copies):
-                row = W_dec[src] + noise * torch.randn(W_dec.shape[1], generator=generator)
+                row = W_dec[src] + noise / math.sqrt(W_dec.shape[1]) * torch.randn(W_dec.shape[1], generator=generator)
                 W_dec[j] = row / row.norm()
                 W_enc[:, j] = W_dec[j] * W_enc[:, src].norm()
                 b_enc[j] = b_enc[src]

@@ -55,7 +55,7 @@ class LMDataConfig:
     fallback: bool = True
 
     def __post_init__(self) -> None:
-        if not self.layers or not all(isinstance(x, int) and x >= 0 for x in self.layers):
+        if not self.layers or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in self.layers):
             raise ValueError(f"layers must be a non-empty tuple of ints >= 0, got {self.layers!r}")
         for name in ("context", "train_tokens", "eval_tokens", "batch_size"):
             v = getattr(self, name)

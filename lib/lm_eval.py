@@ -68,8 +68,8 @@ def splice(sae: SAE):
 
     def fn(resid: Tensor) -> Tensor:
         shape = resid.shape
-        x_hat, _ = sae(resid.reshape(-1, shape[-1]).float())
-        return x_hat.reshape(shape)
+        x_hat, _ = sae(resid.reshape(-1, shape[-1]).to(sae.W_dec.device, torch.float32))
+        return x_hat.reshape(shape).to(resid)
 
     return fn
 
@@ -84,6 +84,8 @@ def ce_table(model: lm.LoadedModel, tokens: Tensor, layer: int, saes: Mapping[st
     Returns:
         One row per SAE: clean, zero, spliced (nats), ce_recovered, ce_increase (spliced - clean).
     """
+    if not saes:
+        raise ValueError("saes is empty: name at least one SAE to splice in")
     losses = lm.ce_losses(model, tokens, layer, {name: splice(s) for name, s in saes.items()})
     rows = [
         {

@@ -206,7 +206,8 @@ def match_fraction(a: Tensor, b: Tensor, threshold: float = 0.7) -> float:
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-    return float((cosine_matrix(a, b).max(dim=1).values >= threshold).float().mean())
+    # A small tolerance: a row's cosine with its own copy can round to just below 1.
+    return float((cosine_matrix(a, b).max(dim=1).values >= threshold - 1e-12).float().mean())
 
 
 def histogram_peaks(values: np.ndarray, bins: int = 50, prominence: float = 0.02) -> list[float]:
@@ -220,7 +221,8 @@ def histogram_peaks(values: np.ndarray, bins: int = 50, prominence: float = 0.02
         raise ValueError("values must be a non-empty array of finite numbers")
     if not isinstance(bins, int) or bins < 3:
         raise ValueError(f"bins must be an int >= 3, got {bins!r}")
-    mass, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    # |cos| of duplicated rows can round to just above 1: clip so they land in the last bin.
+    mass, edges = np.histogram(np.clip(values, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
     mass = mass / mass.sum()
     # Zero padding lets a maximum in the first or last bin count as a peak.
     idx, _ = find_peaks(np.concatenate([[0.0], mass, [0.0]]), prominence=prominence)

@@ -189,3 +189,60 @@ def scaling(series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def histograms(
+    panels: dict[str, dict[str, Sequence[np.ndarray]]],
+    xlabel: str,
+    bins: int = 50,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    suptitle: str = "",
+) -> plt.Figure:
+    """Overlaid step histograms (one line per array, e.g. per seed), one panel per key.
+
+    panels: panel title -> label -> list of 1-D arrays; every array of a label gets its colour.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False, sharey=True)
+    edges = np.linspace(*value_range, bins + 1)
+    for ax, (title, series) in zip(axes[0], panels.items()):
+        for color, (label, arrays) in zip(sns.color_palette(n_colors=len(series)), series.items()):
+            for j, values in enumerate(arrays):
+                ax.hist(
+                    values, bins=edges, histtype="step", color=color, alpha=0.9 if j == 0 else 0.5,
+                    label=label if j == 0 else None, density=True,
+                )
+        ax.set(title=title, xlabel=xlabel, ylabel="density")
+        ax.legend(fontsize="small")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def variant_bars(
+    names: Sequence[str],
+    panels: dict[str, tuple[np.ndarray, np.ndarray]],
+    groups: Sequence[str] | None = None,
+    suptitle: str = "",
+) -> plt.Figure:
+    """Horizontal bars with ±1 std error bars, one row per variant, one panel per metric.
+
+    panels: metric label -> (means [n_variants], stds [n_variants]); ``groups`` colours the bars
+    by design choice.
+    """
+    n = len(names)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 1.6, 0.28 * n + 1.4),
+                             squeeze=False, sharey=True)
+    palette = dict(zip(dict.fromkeys(groups or ["all"]), sns.color_palette(n_colors=len(set(groups or ["all"])))))
+    colors = [palette[g] for g in (groups or ["all"] * n)]
+    y = np.arange(n)
+    for ax, (label, (mean, std)) in zip(axes[0], panels.items()):
+        ax.barh(y, mean, xerr=std, color=colors, alpha=0.85, capsize=2)
+        ax.set(xlabel=label)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(y, names)
+    axes[0, 0].invert_yaxis()
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig

@@ -5,20 +5,28 @@ configuration, the data's key, the seed and the input scale). A finished run is 
 SAELens on-disk format (``sae/cfg.json`` + ``sae/sae_weights.safetensors``, the input scale folded
 into the weights so the SAE works on raw activations) plus ``history.json``; an unfinished one holds
 the trainer's checkpoint and resumes from it. Both are written to a temporary name and renamed.
+
+:func:`train_lm_sae` is the shared entry point of notebooks 02-04 for SAEs on cached
+language-model activations (:class:`LMSAESpec` describes one).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lib.activations import norm_scale
+from lib.lm_data import CACHE, LMData
+from lib.ortho import OrthoConfig
 from lib.sae import SAE, SAEConfig
 from lib.saelens_io import load_sae_lens, save_sae_lens
 from lib.train import TrainConfig, train
@@ -46,6 +54,7 @@ def train_or_load(
     scale: float = 1.0,
     metadata: dict | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[SAE, dict[str, np.ndarray]]:
     """Train a single SAE on ``scale * x`` (or load the finished run) and return it in raw units.
 
@@ -56,21 +65,24 @@ def train_or_load(
         seed: seeds the decoder initialisation and the data stream.
         scale: inputs are multiplied by it in training (e.g. :func:`lib.activations.norm_scale`).
         metadata: stored in the SAELens ``cfg.json`` (model, hook, dataset ...).
+        device: where to train; the returned SAE is on the CPU.
 
     Returns:
         The SAE with the scale folded in, and its training history (name -> array).
     """
     if sae_cfg.n_models is not None:
         raise ValueError("train_or_load trains a single SAE; got n_models set")
-    if not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
+    if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
     folder = Path(root) / run_key(name, sae_cfg, cfg, data_key, seed, scale)
     done = folder / "history.json"
     if not done.exists():
         torch.manual_seed(seed)  # the data stream of this run depends on its seed only
-        sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(seed))
-        result = train(sae, lambda b: sample(b) * scale, cfg, checkpoint_dir=folder, progress=progress, desc=name)
-        save_sae_lens(sae, folder / "sae", input_scale=scale, metadata=metadata)
+        sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(seed)).to(device)
+        result = train(
+            sae, lambda b: sample(b).to(device) * scale, cfg, checkpoint_dir=folder, progress=progress, desc=name
+        )
+        save_sae_lens(sae.cpu(), folder / "sae", input_scale=scale, metadata=metadata)
         history = {k: np.asarray(v).tolist() for k, v in result.history.items()}
         tmp = done.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(history))
@@ -79,3 +91,87 @@ def train_or_load(
     sae, _ = load_sae_lens(folder / "sae")
     history = {k: np.asarray(v) for k, v in json.loads(done.read_text()).items()}
     return sae, history
+
+
+@dataclass(frozen=True)
+class LMSAESpec:
+    """An SAE to train on cached language-model activations; validated on construction.
+
+    Attributes:
+        name: readable run name (the folder also carries a hash of everything below).
+        kind, k: ``"relu"`` (L1) or ``"topk"`` with ``k``.
+        n_latents: dictionary size.
+        tokens: training activations drawn (with replacement) from the cache.
+        batch_size, lr, l1_coeff: training hyperparameters (``l1_coeff`` ignored for TopK).
+        ortho_weight, ortho: lambda_orth and how the penalty is computed.
+    """
+
+    name: str
+    kind: str = "relu"
+    k: int | None = None
+    n_latents: int = 2048
+    tokens: int = 500_000
+    batch_size: int = 1024
+    lr: float = 1e-3
+    l1_coeff: float = 1.5
+    ortho_weight: float = 0.0
+    ortho: OrthoConfig = field(default_factory=OrthoConfig)
+
+    def __post_init__(self) -> None:
+        for pname in ("tokens", "batch_size"):
+            v = getattr(self, pname)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{pname} must be a positive int, got {v!r}")
+        self.configs(1)  # validates kind, k, n_latents, lr, l1_coeff, ortho_weight
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.tokens / self.batch_size)
+
+    def configs(self, d: int) -> tuple[SAEConfig, TrainConfig]:
+        sae_cfg = SAEConfig(d, self.n_latents, kind=self.kind, k=self.k)
+        l1 = self.l1_coeff if self.kind == "relu" else 0.0
+        cfg = TrainConfig(self.steps, self.batch_size, self.lr, l1, self.ortho_weight, self.ortho)
+        return sae_cfg, cfg
+
+    def initial_decoder(self, d: int, seed: int) -> Tensor:
+        """[n_latents, d] decoder rows of this spec's run with ``seed`` before training (the
+        initialisation :func:`train_or_load` draws), to measure how far training moved them."""
+        return SAE(self.configs(d)[0], generator=torch.Generator().manual_seed(seed)).W_dec.detach()
+
+
+def train_lm_sae(
+    data: LMData,
+    layer: int,
+    spec: LMSAESpec,
+    seed: int = 0,
+    sample: Callable[[int], Tensor] | None = None,
+    root: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[SAE, dict[str, np.ndarray]]:
+    """Train (or load) ``spec`` on the cached training activations of ``layer``.
+
+    Inputs are scaled to mean squared norm d (:func:`lib.activations.norm_scale`); the returned
+    SAE works on raw activations. The run is shared by every notebook that asks for the same
+    spec, data and seed (default folder ``cache/saes``).
+
+    Args:
+        sample: a sampler of that layer's store, to avoid reloading the data for every run.
+    """
+    if layer not in data.train:
+        raise ValueError(f"layer {layer} was not harvested; available: {sorted(data.train)}")
+    store = data.train[layer]
+    sae_cfg, cfg = spec.configs(store.d)
+    meta = {
+        "model_name": data.lm.name,
+        "hook_name": f"blocks.{layer}.hook_resid_post",
+        "context_size": data.cfg.context,
+        "dataset_path": data.corpus.name,
+        "stand_in": data.lm.stand_in,
+    }
+    return train_or_load(
+        f"{spec.name}-L{layer}-s{seed}", sae_cfg, cfg, sample or store.sampler(), store.meta["key"],
+        Path(root) if root is not None else CACHE / "saes", seed=seed, scale=norm_scale(store),
+        metadata=meta, device=device, progress=progress,
+    )
