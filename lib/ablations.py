@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from lib import lm_eval, metrics, sweep
 from lib.lm_data import LMData
@@ -55,11 +55,15 @@ class Variant:
             raise ValueError(f"variant {self.name!r}: kind='topk' needs k")
 
 
-def standard_variants(ortho_weight: float, weights: Sequence[float], sizes: Sequence[int], k: int) -> list[Variant]:
+def standard_variants(
+    ortho_weight: float, weight_factors: Sequence[float], n_latents: int, size_factors: Sequence[float], k: int
+) -> list[Variant]:
     """The ablation grid of the study brief (Q11) around the proposal.
 
     The proposal is ``Variant("proposal", ...)``: nearest neighbour by |cos| of decoder rows,
-    ties -> mean, active latents with gradient into their neighbours, -log(1 - |cos|).
+    ties -> mean, active latents with gradient into their neighbours, -log(1 - |cos|). Weights and
+    sizes are given as factors of the proposal's, so that variants of runs at different scales
+    (toy data, language model) carry the same names.
     """
     prop = OrthoConfig()
     w = ortho_weight
@@ -76,12 +80,13 @@ def standard_variants(ortho_weight: float, weights: Sequence[float], sizes: Sequ
         for s in ("linear", "square", "sigmoid", "c2_over_1mc")
     ]
     out.append(Variant("encoder rows", "target", w, dataclasses.replace(prop, target="encoder")))
-    out += [Variant(f"λ={x:g}", "weight", x, prop) for x in weights if x not in (0, w)]
-    out += [Variant(f"{n} latents vanilla", "size", 0.0, n_latents=n) for n in sizes]
-    out += [Variant(f"{n} latents proposal", "size", w, prop, n_latents=n) for n in sizes]
+    out += [Variant(f"λ × {f:g}", "weight", f * w, prop) for f in weight_factors if f not in (0, 1)]
+    sizes = {f: max(2, round(f * n_latents)) for f in size_factors}
+    out += [Variant(f"latents × {f:g}, vanilla", "size", 0.0, n_latents=n) for f, n in sizes.items()]
+    out += [Variant(f"latents × {f:g}, proposal", "size", w, prop, n_latents=n) for f, n in sizes.items()]
     out += [
-        Variant(f"TopK k={k} vanilla", "base", 0.0, kind="topk", k=k),
-        Variant(f"TopK k={k} proposal", "base", w, prop, kind="topk", k=k),
+        Variant("TopK vanilla", "base", 0.0, kind="topk", k=k),
+        Variant("TopK proposal", "base", w, prop, kind="topk", k=k),
     ]
     return out
 
@@ -226,9 +231,12 @@ def verdict(df: pd.DataFrame, col: str, higher_is_better: bool, reference: str =
 
     A difference counts when the means differ by more than the larger of the two standard
     deviations over seeds plus 1% of the reference mean's magnitude; otherwise "same" (not
-    distinguishable at this number of seeds).
+    distinguishable at this number of seeds). With fewer than 2 seeds there is no spread to
+    compare with: every verdict is "n/a".
     """
     g = df.groupby("variant", sort=False)[col]
+    if g.size().min() < 2:
+        return pd.Series("n/a", index=g.size().index)
     mean, std = g.mean(), g.std(ddof=0).fillna(0.0)
     if reference not in mean:
         raise ValueError(f"reference {reference!r} is not a variant in the table")

@@ -7,9 +7,11 @@ of the penalty escapes it:
 - :func:`duplicate_rows`: groups of latents start with (nearly) the same decoder and encoder
   rows, so each latent has several tied nearest neighbours at |cos| ~ 1 (tie handling, and the
   flattening sigmoid shape, which gives almost no gradient there);
-- :func:`plant_blockers`: the dictionary starts at the true features, plus rarely-active
-  "blocker" latents whose decoder rows sit next to some of them (the blocking failure mode: if
-  the blocker's row cannot move, the penalty pushes the useful latent away from its feature).
+- :func:`plant_blockers`: rarely-active "blocker" latents whose decoder rows sit next to some
+  true features (the blocking failure mode: if the blocker's row cannot move, the penalty pushes
+  a latent that learns the feature away from it);
+- :func:`orthogonal_encoder_composed_decoder`: orthogonal encoder directions with composed
+  (non-orthogonal) decoder directions, the case a penalty on encoder rows cannot see.
 
 Pure math: imports nothing from training, loading or plotting.
 """
@@ -78,8 +80,9 @@ def plant_blockers(
     (encoder = decoder transpose, zero bias); otherwise they keep their random init and must
     still learn the features. For the ``j``-th feature ``f`` in ``blocked``, latent ``F + j`` (a "blocker") gets the
     decoder row ``cos * f + sqrt(1 - cos^2) * u`` (``u`` a random unit vector orthogonal to f)
-    and encoder bias ``bias``, so it never fires on inputs of norm below ``-bias``. Its row is
-    then the nearest neighbour of latent ``f`` at |cos| = ``cos``.
+    and encoder bias ``bias``, so it never fires on inputs of norm below ``-bias``. Its row sits at
+    |cos| = ``cos`` from feature f, so any latent that learns f has the blocker as its nearest
+    neighbour (with ``at_solution``, latent f does from the start).
 
     Args:
         true: [F, d] unit true feature directions.
@@ -120,3 +123,32 @@ def plant_blockers(
             W_enc[:, b] = W_dec[b]
             b_enc[b] = bias
     return blockers
+
+
+@torch.no_grad()
+def orthogonal_encoder_composed_decoder(sae: SAE, true: Tensor, pairs: Sequence[tuple[int, int]]) -> None:
+    """A start whose encoder directions are orthogonal while its decoder directions are not.
+
+    Latent i gets encoder column ``true[i]`` (orthonormal true features give an orthonormal
+    encoder) and decoder row ``true[i]``, except that for each pair ``(a, b)`` latent ``a``'s
+    decoder row becomes the composition ``(true[a] + true[b]) / sqrt(2)``: |cos| 0.71 with
+    latent ``b``'s row, while every pair of encoder columns stays orthogonal. A penalty on encoder
+    directions sees nothing to correct here; one on decoder rows does.
+
+    Args:
+        true: [F, d] true feature directions, F <= n_latents.
+        pairs: disjoint (a, b) feature index pairs.
+    """
+    n_true = true.shape[0]
+    if true.ndim != 2 or true.shape[1] != sae.cfg.d or n_true > sae.cfg.n_latents:
+        raise ValueError(f"true must have shape [F <= {sae.cfg.n_latents}, {sae.cfg.d}], got {tuple(true.shape)}")
+    used = [i for p in pairs for i in p]
+    if not pairs or len(set(used)) != len(used) or not all(0 <= i < n_true for i in used):
+        raise ValueError(f"pairs must be non-empty, disjoint, with indices in [0, {n_true}), got {list(pairs)}")
+    t = true / true.norm(dim=1, keepdim=True)
+    for W_enc, b_enc, W_dec in _models(sae):
+        W_enc[:, :n_true] = t.T
+        b_enc[:n_true] = 0.0
+        W_dec[:n_true] = t
+        for a, b in pairs:
+            W_dec[a] = (t[a] + t[b]) / (t[a] + t[b]).norm()

@@ -113,14 +113,15 @@ def load_corpus(
     order = list(range(len(keys)))
     random.Random(0).shuffle(order)
     n_eval = 0 if eval_fraction == 0 else min(len(keys) - 1, max(1, round(eval_fraction * len(keys))))
-    held = {keys[i] for i in order[:n_eval]}
     licence = _SOURCES[current][1]
     return Corpus(
         name=current,
         source=source,
         licence=licence,
-        train=[docs[k] for k in keys if k not in held],
-        eval=[docs[k] for k in keys if k in held],
+        # Both splits in the shuffled order: the first tokens of a split are a sample of the whole
+        # corpus, not of the files whose names sort first.
+        train=[docs[keys[i]] for i in order[n_eval:]],
+        eval=[docs[keys[i]] for i in order[:n_eval]],
     )
 
 

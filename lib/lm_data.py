@@ -13,6 +13,7 @@ residual norm is many times that of the other positions.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,11 +91,15 @@ class LMData:
     harvest_tokens_per_s: float | None
 
 
-def _specs(cfg: LMDataConfig, model: lm.LoadedModel, corpus_name: str, split: str, n_tokens: int):
+def _specs(cfg: LMDataConfig, model: lm.LoadedModel, corpus_name: str, split: str, tokens: Tensor):
+    # The token ids' hash is part of the key: a change in the corpus, its split or the tokenizer
+    # gives a new cache instead of silently reusing activations of other text.
+    digest = hashlib.sha256(tokens.numpy().tobytes()).hexdigest()[:12]
+    n_tokens = tokens.numel()
     return [
         activations.CacheSpec(
             model=model.name, revision=model.revision, layer=layer, context=cfg.context,
-            n_tokens=n_tokens, dtype=cfg.dtype, corpus=f"{corpus_name}/{split}", drop_first=True,
+            n_tokens=n_tokens, dtype=cfg.dtype, corpus=f"{corpus_name}/{split}/tokens-{digest}", drop_first=True,
         )
         for layer in cfg.layers
     ]
@@ -120,7 +125,7 @@ def prepare(cfg: LMDataConfig, root: str | Path | None = None, progress: bool = 
 
     stores, seconds, harvested = {}, 0.0, 0
     for split, tokens in (("train", train_tokens), ("eval", eval_tokens)):
-        specs = _specs(cfg, model, text.name, split, tokens.numel())
+        specs = _specs(cfg, model, text.name, split, tokens)
         missing = [s for s in specs if activations.open_cache(s, root / "activations") is None]
         start = time.perf_counter()
         stores[split] = activations.harvest(

@@ -44,10 +44,10 @@ def activation_metrics(sae: SAE, x: Tensor, batch: int = 8192) -> dict[str, floa
     fires = torch.zeros(sae.cfg.n_latents)
     l0_sum, sq_err, n = 0.0, 0.0, 0
     for start in range(0, len(x), batch):
-        xb = x[start : start + batch].float()
+        xb = x[start : start + batch].to(sae.W_dec.device, torch.float32)
         x_hat, codes = sae(xb)
         active = codes > 0
-        fires += active.sum(0)
+        fires += active.sum(0).cpu()
         l0_sum += active.sum().item()
         sq_err += (xb - x_hat).square().sum().item()
         n += len(xb)

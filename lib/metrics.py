@@ -200,9 +200,10 @@ def nn_abs_cos_distribution(W_dec: Tensor) -> np.ndarray:
 def match_fraction(a: Tensor, b: Tensor, threshold: float = 0.7) -> float:
     """Fraction of the rows of ``a`` whose best cosine with a row of ``b`` is >= ``threshold``.
 
-    The seed-stability measure of Paulo & Belrose (2025): a latent of one run "has a match" in
-    another run when some decoder row there points the same way. Signed cosine, since codes are
-    non-negative. a: [n_a, d], b: [n_b, d].
+    A simple seed-stability measure: a latent of one run "has a match" in another run when some
+    decoder row there points the same way (many-to-one, decoder only; Paulo & Belrose (2025)
+    match one-to-one and require encoder and decoder agreement, so their shared fractions are not
+    directly comparable). Signed cosine, since codes are non-negative. a: [n_a, d], b: [n_b, d].
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")

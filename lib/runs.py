@@ -77,11 +77,15 @@ def train_or_load(
     folder = Path(root) / run_key(name, sae_cfg, cfg, data_key, seed, scale)
     done = folder / "history.json"
     if not done.exists():
-        torch.manual_seed(seed)  # the data stream of this run depends on its seed only
-        sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(seed)).to(device)
-        result = train(
-            sae, lambda b: sample(b).to(device) * scale, cfg, checkpoint_dir=folder, progress=progress, desc=name
-        )
+        # A private RNG stream: the run's data depend on its seed only, and the caller's random
+        # state is the same whether the run was trained now or loaded from disk.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(seed)).to(device)
+            result = train(
+                sae, lambda b: sample(b).to(device) * scale, cfg, checkpoint_dir=folder, progress=progress,
+                desc=name,
+            )
         save_sae_lens(sae.cpu(), folder / "sae", input_scale=scale, metadata=metadata)
         history = {k: np.asarray(v).tolist() for k, v in result.history.items()}
         tmp = done.with_suffix(".json.tmp")
@@ -131,13 +135,31 @@ class LMSAESpec:
     def configs(self, d: int) -> tuple[SAEConfig, TrainConfig]:
         sae_cfg = SAEConfig(d, self.n_latents, kind=self.kind, k=self.k)
         l1 = self.l1_coeff if self.kind == "relu" else 0.0
-        cfg = TrainConfig(self.steps, self.batch_size, self.lr, l1, self.ortho_weight, self.ortho)
+        cfg = TrainConfig(
+            self.steps, self.batch_size, self.lr, l1, self.ortho_weight, self.ortho,
+            checkpoint_every=max(1, self.steps // 10),  # an interrupted run resumes, losing < 10%
+        )
         return sae_cfg, cfg
 
     def initial_decoder(self, d: int, seed: int) -> Tensor:
         """[n_latents, d] decoder rows of this spec's run with ``seed`` before training (the
         initialisation :func:`train_or_load` draws), to measure how far training moved them."""
         return SAE(self.configs(d)[0], generator=torch.Generator().manual_seed(seed)).W_dec.detach()
+
+
+def _lm_run(data: LMData, layer: int, spec: LMSAESpec, seed: int, root: str | Path | None):
+    if layer not in data.train:
+        raise ValueError(f"layer {layer} was not harvested; available: {sorted(data.train)}")
+    store = data.train[layer]
+    sae_cfg, cfg = spec.configs(store.d)
+    root = Path(root) if root is not None else CACHE / "saes"
+    return store, sae_cfg, cfg, root, f"{spec.name}-L{layer}-s{seed}"
+
+
+def lm_run_folder(data: LMData, layer: int, spec: LMSAESpec, seed: int = 0, root: str | Path | None = None) -> Path:
+    """The folder of :func:`train_lm_sae`'s run (its ``sae/`` subfolder is the SAELens format)."""
+    store, sae_cfg, cfg, root, name = _lm_run(data, layer, spec, seed, root)
+    return root / run_key(name, sae_cfg, cfg, store.meta["key"], seed, norm_scale(store))
 
 
 def train_lm_sae(
@@ -159,10 +181,7 @@ def train_lm_sae(
     Args:
         sample: a sampler of that layer's store, to avoid reloading the data for every run.
     """
-    if layer not in data.train:
-        raise ValueError(f"layer {layer} was not harvested; available: {sorted(data.train)}")
-    store = data.train[layer]
-    sae_cfg, cfg = spec.configs(store.d)
+    store, sae_cfg, cfg, root, name = _lm_run(data, layer, spec, seed, root)
     meta = {
         "model_name": data.lm.name,
         "hook_name": f"blocks.{layer}.hook_resid_post",
@@ -171,7 +190,6 @@ def train_lm_sae(
         "stand_in": data.lm.stand_in,
     }
     return train_or_load(
-        f"{spec.name}-L{layer}-s{seed}", sae_cfg, cfg, sample or store.sampler(), store.meta["key"],
-        Path(root) if root is not None else CACHE / "saes", seed=seed, scale=norm_scale(store),
-        metadata=meta, device=device, progress=progress,
+        name, sae_cfg, cfg, sample or store.sampler(), store.meta["key"], root, seed=seed,
+        scale=norm_scale(store), metadata=meta, device=device, progress=progress,
     )

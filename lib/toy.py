@@ -270,6 +270,17 @@ def stack_sampler(datasets: list[ToyData | SphereData], batch: int) -> Tensor:
 ANDERS_P_SINGLE = 0.75
 
 
+def zipf_copula_config(n_features: int, rho: float, block_size: int = 4, p_max: float = 0.3,
+                       p_min: float = 0.003) -> ToyDataConfig:
+    """The correlated-rare-features setting of notebooks 01 (Q3), 03 and 04: orthogonal embedding
+    in d = n_features (so only co-occurrence can create combinations), Zipf firing probabilities
+    from ``p_max`` down to ``p_min``, firing correlated in blocks through a Gaussian copula."""
+    return ToyDataConfig(
+        n_features, n_features, firing="zipf", p_max=p_max, p_min=p_min, structure="copula",
+        rho=rho, block_size=block_size,
+    )
+
+
 def anders_config(experiment: int) -> ToyDataConfig:
     """Feature statistics of Anders et al. experiment 1, 2 or 3 (4 features, sets {x1,x2},{y1,y2}).
 

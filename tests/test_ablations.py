@@ -42,7 +42,7 @@ def test_variant_defaults():
 
 
 def test_standard_variants():
-    vs = ablations.standard_variants(0.1, weights=[0.0, 0.01, 0.1, 1.0], sizes=[16, 32], k=4)
+    vs = ablations.standard_variants(0.1, weight_factors=[0.0, 0.1, 1.0, 10.0], n_latents=32, size_factors=[0.5, 1.5], k=4)
     names = [v.name for v in vs]
     assert len(set(names)) == len(names)
     by = {v.name: v for v in vs}
@@ -57,12 +57,12 @@ def test_standard_variants():
     }
     for name, fields in changed.items():
         assert by[name].ortho == dataclasses.replace(OrthoConfig(), **fields) and by[name].ortho_weight == 0.1
-    # weights: 0 and the proposal's own weight are not repeated
-    assert sorted(v.ortho_weight for v in vs if v.group == "weight") == [0.01, 1.0]
-    assert {"λ=0.01", "λ=1"} <= set(names)
+    # weights: 0 and the proposal's own weight are not repeated; names carry the factor
+    assert sorted(v.ortho_weight for v in vs if v.group == "weight") == pytest.approx([0.01, 1.0])
+    assert {"λ × 0.1", "λ × 10"} <= set(names)
     sizes = {v.name: (v.n_latents, v.ortho_weight) for v in vs if v.group == "size"}
-    assert sizes == {"16 latents vanilla": (16, 0.0), "32 latents vanilla": (32, 0.0),
-                     "16 latents proposal": (16, 0.1), "32 latents proposal": (32, 0.1)}
+    assert sizes == {"latents × 0.5, vanilla": (16, 0.0), "latents × 1.5, vanilla": (48, 0.0),
+                     "latents × 0.5, proposal": (16, 0.1), "latents × 1.5, proposal": (48, 0.1)}
     base = [v for v in vs if v.group == "base"]
     assert [(v.kind, v.k, v.ortho_weight) for v in base] == [("topk", 4, 0.0), ("topk", 4, 0.1)]
 

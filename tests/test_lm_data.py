@@ -94,9 +94,12 @@ def test_prepare_harvests_both_layers_and_splits(cfg, tmp_path):
     folders = sorted((tmp_path / "activations").iterdir())
     assert len(folders) == 4
     metas = [json.loads((f / "meta.json").read_text()) for f in folders]
-    assert sorted((m["layer"], m["corpus"]) for m in metas) == [
+    assert sorted((m["layer"], m["corpus"].rsplit("/", 1)[0]) for m in metas) == [
         (0, "pydoc-topics/eval"), (0, "pydoc-topics/train"), (2, "pydoc-topics/eval"), (2, "pydoc-topics/train")
     ]
+    # the token ids' hash is part of the key: same text -> same suffix for both layers of a split
+    suffix = {(m["corpus"].split("/")[1], m["corpus"].rsplit("/", 1)[1]) for m in metas}
+    assert len(suffix) == 2 and all(s.startswith("tokens-") for _, s in suffix)
     assert all(m["model"] == "neox" and m["context"] == CTX and m["dtype"] == "float16" and m["drop_first"]
                for m in metas)
 
