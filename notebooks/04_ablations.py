@@ -386,6 +386,7 @@ tmp.write_text(
     .to_markdown() + "\n"
 )
 tmp.replace(out)
+print(f"\nwritten to {out.relative_to(RESULTS.parent)}")
 
 # %% [markdown]
 # ## Findings
