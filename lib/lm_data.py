@@ -126,7 +126,9 @@ def prepare(cfg: LMDataConfig, root: str | Path | None = None, progress: bool = 
     stores, seconds, harvested = {}, 0.0, 0
     for split, tokens in (("train", train_tokens), ("eval", eval_tokens)):
         specs = _specs(cfg, model, text.name, split, tokens)
-        missing = [s for s in specs if activations.open_cache(s, root / "activations") is None]
+        # Only whether a cache folder exists (harvest verifies it): open_cache would hash every
+        # shard here and harvest would hash them all again.
+        missing = [s for s in specs if not (root / "activations" / s.key()).exists()]
         start = time.perf_counter()
         stores[split] = activations.harvest(
             specs, tokens, forward, root=root / "activations", batch_size=cfg.batch_size, progress=progress

@@ -17,3 +17,18 @@ import torch
 def _one_thread():
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny randomly initialised GPT-NeoX saved with save_pretrained and loaded through lib.lm."""
+    from lib import lm  # imported here: most test modules never need transformers
+
+    folder = lm.tiny_gpt_neox(tmp_path_factory.mktemp("tiny-neox"), n_layers=3, d_model=32)
+    return lm.load_model(str(folder), fallback=False)
+
+
+@pytest.fixture(scope="module")
+def tokens(tiny) -> torch.Tensor:
+    """[3, 12] random token ids of the tiny model's vocabulary."""
+    return torch.randint(0, len(tiny.tokenizer), (3, 12), generator=torch.Generator().manual_seed(0))

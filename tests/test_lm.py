@@ -9,18 +9,6 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from lib import lm
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> lm.LoadedModel:
-    folder = lm.tiny_gpt_neox(tmp_path_factory.mktemp("tiny-neox"), n_layers=3, d_model=32)
-    return lm.load_model(str(folder), fallback=False)
-
-
-@pytest.fixture(scope="module")
-def tokens(tiny) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(0, len(tiny.tokenizer), (3, 12), generator=g)
-
-
 def test_load_local_folder(tiny):
     assert (tiny.d_model, tiny.n_layers, tiny.max_context) == (32, 3, 64)
     assert not tiny.stand_in and tiny.requested.endswith(tiny.name)

@@ -138,17 +138,6 @@ def test_activation_metrics_errors():
 # ------------------------------------------------------------------------------------------ ce_table
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> lm.LoadedModel:
-    folder = lm.tiny_gpt_neox(tmp_path_factory.mktemp("tiny-neox"), n_layers=3, d_model=32)
-    return lm.load_model(str(folder), fallback=False)
-
-
-@pytest.fixture(scope="module")
-def tokens(tiny) -> torch.Tensor:
-    return torch.randint(0, len(tiny.tokenizer), (3, 12), generator=torch.Generator().manual_seed(0))
-
-
 def my_splice(sae: SAE):
     return lambda r: sae(r.reshape(-1, r.shape[-1]))[0].reshape(r.shape)
 
