@@ -85,14 +85,17 @@ class SAE(nn.Module):
         """x: [(M,) batch, d] -> pre-activations [(M,) batch, n]."""
         return (x - self.b_dec.unsqueeze(-2)) @ self.W_enc + self.b_enc.unsqueeze(-2)
 
-    def encode(self, x: Tensor) -> Tensor:
-        """x: [(M,) batch, d] -> codes [(M,) batch, n] (non-negative, sparse)."""
-        self._check_input(x)
-        pre = self.pre_acts(x)
+    def activate(self, pre: Tensor) -> Tensor:
+        """Pre-activations [(M,) batch, n] -> codes (ReLU, or ReLU of the top k)."""
         if self.cfg.kind == "relu":
             return torch.relu(pre)
         values, indices = pre.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
+
+    def encode(self, x: Tensor) -> Tensor:
+        """x: [(M,) batch, d] -> codes [(M,) batch, n] (non-negative, sparse)."""
+        self._check_input(x)
+        return self.activate(self.pre_acts(x))
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes: [(M,) batch, n] -> reconstruction [(M,) batch, d]."""

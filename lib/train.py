@@ -7,7 +7,10 @@ dropped for TopK SAEs). Stacked SAEs train side by side with per-model ``lr``, `
 learning rate, which is exactly Adam with per-model learning rates.
 
 Decoder rows are kept at unit norm (the gradient's component along each row is removed before the
-step and rows are renormalised after it, as in SAELens and dictionary_learning).
+step and rows are renormalised after it, as in dictionary_learning), unless the recipe frees them.
+The recipe (:class:`lib.recipe.Recipe`: b_dec from the data, learning-rate warm-up and decay, L1
+warm-up, gradient clipping, dead-latent resampling or AuxK, free decoder norms with a norm-weighted
+L1) is off by default.
 
 Checkpoints (model, optimiser, step, history and the global RNG state that drives the data) are
 written to a temporary file and renamed, so an interrupted run never leaves a checkpoint that is
@@ -30,6 +33,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from lib.ortho import BOUNDED_SHAPES, NeighbourCache, OrthoConfig, ortho_penalty
+from lib.recipe import Recipe, aux_k_loss, geometric_median, resample_dead
 from lib.sae import SAE
 
 PerModel = float | tuple[float, ...]
@@ -72,6 +76,10 @@ class TrainConfig:
             [s*m, (s+1)*m) with the earlier ones frozen and the later ones switched off, and the
             orthogonality penalty scores the new active latents against all latents so far,
             O(m^2 + m n) per step. Steps are split evenly over the stages.
+        recipe: warm-up, decay, clipping, b_dec init, dead-latent remedies, decoder norms
+            (:class:`lib.recipe.Recipe`; all off by default).
+        snapshot_steps: steps after which a copy of the decoder is kept in the result (e.g. to
+            follow cross-seed agreement against training tokens).
     """
 
     steps: int = 2000
@@ -83,6 +91,8 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 0
     stage_size: int = 0
+    recipe: Recipe = field(default_factory=Recipe)
+    snapshot_steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every"):
@@ -97,6 +107,13 @@ class TrainConfig:
         for name in ("l1_coeff", "ortho_weight"):
             v = getattr(self, name)
             _per_model(name, v, None if not isinstance(v, tuple) else len(v), False)
+        if not isinstance(self.recipe, Recipe):
+            raise TypeError(f"recipe must be a lib.recipe.Recipe, got {type(self.recipe).__name__}")
+        self.recipe.check_steps(self.steps)
+        if not isinstance(self.snapshot_steps, tuple) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= self.steps for s in self.snapshot_steps
+        ):
+            raise ValueError(f"snapshot_steps must be a tuple of ints in [1, steps={self.steps}], got {self.snapshot_steps!r}")
         weights = self.ortho_weight if isinstance(self.ortho_weight, tuple) else (self.ortho_weight,)
         if min(weights) < 0 and self.ortho.shape not in BOUNDED_SHAPES:
             raise ValueError(
@@ -115,13 +132,14 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """history: name -> [n_records, (M,)] arrays (step, loss, recon, l1, ortho, l0);
-    stale_agreement: for the cached method, the agreement of the stale candidates at each refresh."""
+    """history: name -> [n_records, (M,)] arrays (step, loss, recon, l1, ortho, l0, dead, and aux /
+    resampled when the recipe uses them); stale_agreement: for the cached method, the agreement of the stale candidates at each refresh."""
 
     history: dict[str, np.ndarray]
     resumed_from: int = 0
     stale_agreement: list[float] = field(default_factory=list)  # cached method: see NeighbourCache
     stale_max_error: list[float] = field(default_factory=list)
+    snapshots: dict[int, Tensor] = field(default_factory=dict)  # step -> W_dec copy [(M,) n, d]
 
 
 def n_stages(cfg: TrainConfig, n_latents: int) -> int:
@@ -146,34 +164,47 @@ def loss_terms(
     ortho_w: Tensor,
     cache: NeighbourCache | None = None,
     stage: tuple[int, int] | None = None,
+    dead: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Loss and its components, each [(M,)], for inputs ``x: [(M,) batch, d]``.
 
     ``stage = (start, end)`` switches latents >= end off and scores only latents in
-    [start, end) with the orthogonality penalty (against all latents < end).
+    [start, end) with the orthogonality penalty (against all latents < end). ``dead: [(M,) n]``
+    (bool) enables the AuxK loss when the recipe asks for it. ``fired`` ([(M,) n] bool, latents
+    active in the batch) is returned for the trainer's dead-latent tracking.
     """
     n = sae.cfg.n_latents
     start, end = stage or (0, n)
-    codes = sae.encode(x)
+    sae._check_input(x)
+    pre = sae.pre_acts(x)
+    codes = sae.activate(pre)
     if end < n:
         codes = codes * (torch.arange(n, device=codes.device) < end).to(codes.dtype)
     x_hat = sae.decode(codes)
     recon = (x - x_hat).square().sum(-1).mean(-1)
-    sparsity = codes.sum(-1).mean(-1)
+    if cfg.recipe.decoder_norm == "free":  # SAELens: L1 weighted by the decoder row norms
+        sparsity = (codes * sae.W_dec.norm(dim=-1).unsqueeze(-2)).sum(-1).mean(-1)
+    else:
+        sparsity = codes.sum(-1).mean(-1)
     loss = recon + (l1 * sparsity if sae.cfg.kind == "relu" else 0.0)
     fired = codes.detach() > 0  # one pass over [batch, n] serves L0 and the active set
+    active = fired.any(dim=-2)
     use_ortho = bool((ortho_w != 0).any())
     if use_ortho:
-        active = fired.any(dim=-2)
-        if start > 0:
-            active = active & (torch.arange(n, device=codes.device) >= start)
+        scored = active & (torch.arange(n, device=codes.device) >= start) if start > 0 else active
         pen = ortho_penalty(
-            sae.W_enc, sae.W_dec, codes, cfg.ortho, cache=cache, limit=end if end < n else None, active=active
+            sae.W_enc, sae.W_dec, codes, cfg.ortho, cache=cache, limit=end if end < n else None, active=scored
         )
     else:
         pen = torch.zeros_like(recon)
     loss = loss + ortho_w * pen
-    return {"loss": loss, "recon": recon, "l1": sparsity, "ortho": pen, "l0": fired.float().sum(-1).mean(-1)}
+    terms = {"loss": loss, "recon": recon, "l1": sparsity, "ortho": pen, "l0": fired.float().sum(-1).mean(-1)}
+    if cfg.recipe.aux_k is not None and dead is not None:
+        aux = aux_k_loss(pre, sae.W_dec, (x - x_hat).detach(), dead, cfg.recipe.aux_k, cfg.recipe.aux_coeff)
+        terms["aux"] = aux
+        terms["loss"] = loss + aux
+    terms["fired"] = active
+    return terms
 
 
 def _frozen_slices(sae: SAE, start: int, end: int) -> list[tuple[Tensor, Tensor]]:
@@ -198,14 +229,30 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _clip_per_model(params: list[Tensor], max_norm: float, stacked: bool) -> None:
+    """Clip each model's gradient to global norm ``max_norm`` (one norm per model of a stack)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    if not stacked:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    sq = sum(g.reshape(g.shape[0], -1).square().sum(-1) for g in grads)  # [M]
+    factor = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(factor.reshape(-1, *([1] * (g.ndim - 1))))
+
+
 class Stepper:
     """One optimiser step of the shared loop, used by :func:`train` and the benchmark.
 
-    Holds the optimiser, the per-model hyperparameter tensors and the neighbour cache.
+    Holds the optimiser, the per-model hyperparameter tensors, the neighbour cache and the
+    dead-latent counters (steps since each latent last fired).
     """
 
     def __init__(self, sae: SAE, cfg: TrainConfig):
         self.sae, self.cfg = sae, cfg
+        cfg.recipe.check_kind(sae.cfg.kind)
         stages = n_stages(cfg, sae.cfg.n_latents)
         if cfg.steps < stages:
             raise ValueError(
@@ -221,38 +268,85 @@ class Stepper:
         self.opt = torch.optim.Adam(sae.parameters(), lr=1.0 if m is not None else float(self.lr), fused=True)
         self.cache = cfg.ortho.make_cache() if bool((self.ortho_w != 0).any()) else None
         self.params = list(sae.parameters())
+        lead = () if m is None else (m,)
+        self.since_fired = torch.zeros(*lead, sae.cfg.n_latents, dtype=torch.long, device=device)
 
     def ortho_rows(self) -> Tensor:
         """The matrix whose rows the penalty compares: decoder rows or encoder columns."""
         sae = self.sae
         return sae.W_dec if self.cfg.ortho.target == "decoder" else sae.W_enc.transpose(-1, -2)
 
+    def dead(self) -> Tensor:
+        """[(M,) n] bool: latents that have not fired for ``recipe.dead_steps`` steps."""
+        return self.since_fired >= self.cfg.recipe.dead_steps
+
+    def state_dict(self) -> dict:
+        return {"since_fired": self.since_fired.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.since_fired.copy_(state["since_fired"])
+
     def __call__(self, x: Tensor, step: int) -> dict[str, Tensor]:
-        sae, cfg = self.sae, self.cfg
+        sae, cfg, recipe = self.sae, self.cfg, self.cfg.recipe
         x = x.to(sae.W_dec.device)
         stage = stage_bounds(cfg, sae.cfg.n_latents, step)
         if self.cache is not None:  # candidates among the latents that exist in this stage
             self.cache.maybe_refresh(self.ortho_rows()[..., : stage[1], :], step)
-        terms = loss_terms(sae, x, cfg, self.l1, self.ortho_w, cache=self.cache, stage=stage)
+        l1_f = recipe.l1_factor(step)
+        l1 = self.l1 if l1_f == 1.0 else self.l1 * l1_f
+        dead = self.dead() if recipe.aux_k is not None else None
+        terms = loss_terms(sae, x, cfg, l1, self.ortho_w, cache=self.cache, stage=stage, dead=dead)
+        fired = terms.pop("fired")
         if not torch.isfinite(terms["loss"]).all():
             bad = (~torch.isfinite(terms["loss"].reshape(-1))).nonzero().flatten().tolist()
             raise FloatingPointError(f"non-finite loss at step {step} (models {bad[:10]}); last checkpoint kept")
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].sum().backward()
-        sae.remove_parallel_decoder_grad()
+        unit = recipe.decoder_norm == "unit"
+        if unit:
+            sae.remove_parallel_decoder_grad()
+        if recipe.grad_clip is not None:
+            _clip_per_model(self.params, recipe.grad_clip, sae.stacked)
         frozen = _frozen_slices(sae, *stage)
+        lr_f = recipe.lr_factor(step, cfg.steps)
         if sae.cfg.n_models is not None:
+            lr = self.lr if lr_f == 1.0 else self.lr * lr_f
             before = [p.detach().clone() for p in self.params]
             self.opt.step()
             with torch.no_grad():
                 for p, p0 in zip(self.params, before):
-                    scale = self.lr.reshape(-1, *([1] * (p.ndim - 1)))
+                    scale = lr.reshape(-1, *([1] * (p.ndim - 1)))
                     p.copy_(p0 + scale * (p - p0))
         else:
+            self.opt.param_groups[0]["lr"] = float(self.lr) * lr_f
             self.opt.step()
-        sae.normalize_decoder()
+        if unit:
+            sae.normalize_decoder()
         _restore(frozen)  # after renormalising, which could move a frozen unit row by an ulp
+        with torch.no_grad():
+            self.since_fired.add_(1).masked_fill_(fired, 0)
+        terms["dead"] = self.dead().float().mean(-1)
+        if recipe.resample_every is not None:
+            done = torch.zeros_like(self.since_fired, dtype=torch.bool)
+            if (step + 1) % recipe.resample_every == 0 and step + 1 < cfg.steps:
+                done = resample_dead(sae, x, self.dead(), self.opt)
+                self.since_fired.masked_fill_(done, 0)
+            terms["resampled"] = done.float().sum(-1)
         return terms
+
+    @torch.no_grad()
+    def init_from_data(self, sample: Callable[[int], Tensor]) -> None:
+        """Before the first step: ``b_dec`` from a data sample and free-norm decoder rows, as the
+        recipe says (nothing with the default recipe)."""
+        sae, recipe = self.sae, self.cfg.recipe
+        if recipe.init_decoder_norm is not None:
+            sae.W_dec.mul_(recipe.init_decoder_norm / sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            sae.W_enc.copy_(sae.W_dec.transpose(-1, -2))
+        if recipe.b_dec_init == "zeros":
+            return
+        x = sample(recipe.b_dec_init_samples).to(sae.W_dec.device).float()  # [(M,) S, d]
+        centre = x.mean(-2) if recipe.b_dec_init == "mean" else geometric_median(x)
+        sae.b_dec.copy_(centre)
 
 
 def train(
@@ -282,6 +376,7 @@ def train(
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
     fingerprint = cfg.fingerprint(sae)
     history: dict[str, list[np.ndarray]] = {}
+    snapshots: dict[int, Tensor] = {}
     start = 0
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
@@ -291,8 +386,13 @@ def train(
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         history, start = state["history"], state["step"]
+        snapshots = state.get("snapshots", {})
         if cache is not None and state.get("cache") is not None:
             cache.load_state_dict(state["cache"])
+        if state.get("stepper") is not None:
+            stepper.load_state_dict(state["stepper"])
+    else:
+        stepper.init_from_data(sample)
 
     def checkpoint(step: int) -> None:
         if ckpt is None:
@@ -308,9 +408,12 @@ def train(
                 "history": history,
                 "step": step,
                 "cache": None if cache is None else cache.state_dict(),
+                "stepper": stepper.state_dict(),
+                "snapshots": snapshots,
             },
         )
 
+    snap_at = set(cfg.snapshot_steps)
     bar = tqdm(range(start, cfg.steps), desc=desc, disable=not progress, initial=start, total=cfg.steps, mininterval=1.0)
     for step in bar:
         terms = stepper(sample(cfg.batch_size), step)
@@ -321,6 +424,8 @@ def train(
                 history.setdefault(k, []).append(v)
             if progress:
                 bar.set_postfix(loss=f"{float(terms['loss'].detach().mean()):.4g}")
+        if step + 1 in snap_at:
+            snapshots[step + 1] = sae.W_dec.detach().cpu().clone()
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             checkpoint(step + 1)
     if ckpt is not None and start < cfg.steps:
@@ -330,4 +435,5 @@ def train(
         resumed_from=start,
         stale_agreement=[] if cache is None else list(cache.stale_agreement),
         stale_max_error=[] if cache is None else list(cache.stale_max_error),
+        snapshots=snapshots,
     )

@@ -57,7 +57,7 @@ def test_train_or_load_returns_raw_unit_sae(tmp_path):
     torch.testing.assert_close(loaded.b_dec * 0.5, ref.b_dec.detach())
     torch.testing.assert_close(loaded.b_enc, ref.b_enc.detach())
     # the history of the run
-    assert set(history) == {"step", "loss", "recon", "l1", "ortho", "l0"}
+    assert set(history) == {"step", "loss", "recon", "l1", "ortho", "l0", "dead"}
     np.testing.assert_array_equal(history["step"], [10, 20, 30])
     for k, v in ref_hist.items():
         np.testing.assert_allclose(history[k], v, rtol=1e-6, err_msg=k)
