@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import safetensors.torch
 import torch
 from torch import Tensor
@@ -138,23 +139,64 @@ class ActivationStore:
         """All rows, [n, d], in ``dtype``."""
         return torch.cat([self._shard(s["file"]).to(dtype) for s in self.meta["shards"]])
 
-    def sampler(self, scale: float = 1.0, device: str | torch.device = "cpu") -> Callable[[int], Tensor]:
+    def sampler(
+        self, scale: float = 1.0, device: str | torch.device = "cpu", in_memory: bool | None = None
+    ) -> Callable[[int], Tensor]:
         """A ``sample(batch) -> [batch, d]`` float32 function for :func:`lib.train.train`.
 
         Rows are drawn uniformly with replacement using the *global* torch generator, so a
-        checkpointed run resumes on the same data. The data stay in memory (on ``device``) in the
-        cache dtype; each batch is converted to float32 and multiplied by ``scale``.
+        checkpointed run resumes on the same data. Each batch is converted to float32 and
+        multiplied by ``scale``.
+
+        Args:
+            in_memory: hold all rows in memory on ``device`` (the default on an accelerator), or
+                (False, the default on the CPU) stream them from the memory-mapped shards, so a
+                cache larger than memory works and only the rows drawn are read. Both give the
+                same rows for the same random state, bit for bit.
         """
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
-        data = self.load(DTYPES[self.meta["dtype"]]).to(device)
+        if in_memory is not None and not isinstance(in_memory, bool):
+            raise TypeError(f"in_memory must be True, False or None, got {in_memory!r}")
+        if in_memory is None:
+            in_memory = torch.device(device).type != "cpu"
+        if in_memory:
+            data = self.load(DTYPES[self.meta["dtype"]]).to(device)
 
-        def sample(batch: int) -> Tensor:
-            # indices come from the CPU generator: that is the state train() checkpoints
-            idx = torch.randint(self.n, (batch,))
-            return data[idx.to(data.device)].float() * scale
+            def sample(batch: int) -> Tensor:
+                # indices come from the CPU generator: that is the state train() checkpoints
+                idx = torch.randint(self.n, (batch,))
+                return data[idx.to(data.device)].float() * scale
 
-        return sample
+            return sample
+        shards = [self._mmap(s["file"]) for s in self.meta["shards"]]
+        starts = np.cumsum([0] + [len(m) for m in shards])
+
+        def sample_streamed(batch: int) -> Tensor:
+            idx = torch.randint(self.n, (batch,)).numpy()
+            which = np.searchsorted(starts, idx, side="right") - 1
+            out = np.empty((batch, self.d), dtype=shards[0].dtype)
+            for s in np.unique(which):
+                sel = which == s
+                out[sel] = shards[s][idx[sel] - starts[s]]
+            return torch.from_numpy(out).to(device).float() * scale
+
+        return sample_streamed
+
+    def _mmap(self, name: str) -> np.ndarray:
+        """A read-only memory map of one shard's [rows, d] array (safetensors layout: an 8-byte
+        header length, a JSON header, then the raw little-endian data)."""
+        path = self.path / name
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        info = header["acts"]
+        dtype = {"F16": np.float16, "BF16": None, "F32": np.float32}[info["dtype"]]
+        if dtype is None:
+            raise CacheError(f"{path}: bfloat16 shards cannot be memory-mapped; use sampler(in_memory=True)")
+        start = info["data_offsets"][0]
+        rows, d = info["shape"]
+        return np.memmap(path, dtype=dtype, mode="r", offset=8 + n + start, shape=(rows, d))
 
     def _shard(self, name: str) -> Tensor:
         return safetensors.torch.load_file(str(self.path / name))["acts"]
@@ -424,7 +466,7 @@ def _compute(
                     raise ValueError(f"forward changed d for layer {layer}: {writers[layer].d} -> {rows.shape[1]}")
                 writers[layer].add(rows)
             bar.update(batch.numel())
-            bar.set_postfix(tok_s=f"{bar.n / max(time.perf_counter() - t0, 1e-9):.3g}")
+            bar.set_postfix(tok_s=f"{bar.n / max(time.perf_counter() - t0, 1e-9):.3g}", refresh=False)
         return {w.spec: w.finish() for w in writers.values()}
     except BaseException:
         for w in writers.values():

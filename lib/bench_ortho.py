@@ -34,18 +34,17 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from lib.ortho import EXACT_METHODS, PENALTY_SHAPES, OrthoConfig, nn_abs_cos
+from lib.paths import RESULTS
 from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
 from lib.train import Stepper, TrainConfig
 
 METHODS = ("vanilla", "naive", "active", "chunked", "cached", "ortsae", "incremental")
-RESULTS = Path(__file__).resolve().parent.parent / "results"
 # Dense methods whose |cos| block with autograd would need more than this are not attempted.
 DENSE_LIMIT_BYTES = 8e9
 

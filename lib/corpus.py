@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-CACHE = Path(__file__).resolve().parent.parent / "cache"
+from lib.paths import CACHE
 
 # What to try next when a source cannot be obtained.
 FALLBACK = {"python-docs": "kjv-bible", "kjv-bible": "pydoc-topics", "pydoc-topics": None}

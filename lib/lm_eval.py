@@ -34,29 +34,34 @@ def activation_metrics(sae: SAE, x: Tensor, batch: int = 8192) -> dict[str, floa
 
     Returns:
         l0 (mean active latents per token), fve (fraction of variance explained, 1 - FVU),
-        dead (fraction of latents that never fire on x), dense (fraction firing on more than
-        ``DENSE_FRACTION`` of tokens), mse (squared error per token).
+        fvu_dim (the unexplained fraction per input dimension, averaged over dimensions: a few
+        high-variance directions of a residual stream dominate FVE, and each dimension counts
+        equally here), dead (fraction of latents that never fire on x), dense (fraction firing on
+        more than ``DENSE_FRACTION`` of tokens), mse (squared error per token).
     """
     if sae.stacked:
         raise ValueError("activation_metrics needs a single SAE; use sae.select(i) for a stack")
     if x.ndim != 2 or x.shape[1] != sae.cfg.d:
         raise ValueError(f"x must have shape [N, {sae.cfg.d}], got {tuple(x.shape)}")
     fires = torch.zeros(sae.cfg.n_latents)
-    l0_sum, sq_err, n = 0.0, 0.0, 0
+    sq_err_dim = torch.zeros(sae.cfg.d, dtype=torch.float64)
+    l0_sum, n = 0.0, 0
     for start in range(0, len(x), batch):
         xb = x[start : start + batch].to(sae.W_dec.device, torch.float32)
         x_hat, codes = sae(xb)
         active = codes > 0
         fires += active.sum(0).cpu()
         l0_sum += active.sum().item()
-        sq_err += (xb - x_hat).square().sum().item()
+        sq_err_dim += (xb - x_hat).double().square().sum(0).cpu()
         n += len(xb)
-    xs = x.float()
-    total_var = (xs - xs.mean(0)).square().sum().item()
+    xs = x.double()
+    var_dim = (xs - xs.mean(0)).square().sum(0)
+    sq_err = sq_err_dim.sum().item()
     freq = fires / n
     return {
         "l0": l0_sum / n,
-        "fve": 1 - sq_err / total_var,
+        "fve": 1 - sq_err / var_dim.sum().item(),
+        "fvu_dim": (sq_err_dim / var_dim.clamp_min(1e-30)).mean().item(),
         "dead": (freq == 0).float().mean().item(),
         "dense": (freq > DENSE_FRACTION).float().mean().item(),
         "mse": sq_err / n,

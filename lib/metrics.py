@@ -211,6 +211,36 @@ def match_fraction(a: Tensor, b: Tensor, threshold: float = 0.7) -> float:
     return float((cosine_matrix(a, b).max(dim=1).values >= threshold - 1e-12).float().mean())
 
 
+def shared_fraction(
+    dec_a: Tensor, dec_b: Tensor, enc_a: Tensor | None = None, enc_b: Tensor | None = None, threshold: float = 0.7
+) -> float:
+    """Fraction of latents shared by two runs, one-to-one (Paulo & Belrose 2025).
+
+    Latents are matched by the Hungarian algorithm on the signed decoder cosine (the mean of the
+    decoder and encoder cosines when both encoders are given); a matched pair is shared when its
+    decoder cosine, and its encoder cosine when given, are >= ``threshold``. The fraction is over
+    min(n_a, n_b) pairs.
+
+    Args:
+        dec_a: [n_a, d], dec_b: [n_b, d] decoder rows; enc_a: [n_a, d], enc_b: [n_b, d] encoder
+            directions (columns of ``W_enc`` as rows), or None for decoder only.
+    """
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    if (enc_a is None) != (enc_b is None):
+        raise ValueError("give both encoders (enc_a and enc_b) or neither")
+    cd = cosine_matrix(dec_a, dec_b)
+    ce = None if enc_a is None else cosine_matrix(enc_a, enc_b)
+    if ce is not None and ce.shape != cd.shape:
+        raise ValueError(f"encoders give a {tuple(ce.shape)} similarity, decoders {tuple(cd.shape)}")
+    score = cd if ce is None else (cd + ce) / 2
+    r, k = linear_sum_assignment(-score.numpy())
+    ok = cd[r, k] >= threshold - 1e-12
+    if ce is not None:
+        ok &= ce[r, k] >= threshold - 1e-12
+    return float(ok.double().mean())
+
+
 def histogram_peaks(values: np.ndarray, bins: int = 50, prominence: float = 0.02) -> list[float]:
     """Centres of the peaks of the histogram of ``values`` on [0, 1] (e.g. nearest-neighbour |cos|).
 

@@ -15,15 +15,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-FIGURES = Path(__file__).resolve().parent.parent / "figures"
+from lib.paths import FIGURES, OUTPUT_ROOT
+
 sns.set_theme(style="whitegrid", context="notebook")
 
 
 def save_figure(fig: plt.Figure, name: str, folder: Path | None = None) -> Path:
-    """Save ``fig`` as ``<folder>/<name>.png`` (default: the project's ``figures/``).
+    """Save ``fig`` as ``<folder>/<name>.png`` (default: :data:`lib.paths.FIGURES`).
 
     PNG without a software/date stamp, so the same figure gives the same bytes. Returns the path,
-    relative to the project when it lies inside it (so notebooks show no machine-specific path).
+    relative to the output root when it lies inside it (so notebooks show no machine-specific path).
     """
     if not name or any(c in name for c in "/\\ "):
         raise ValueError(f"figure name must be a plain file stem without spaces, got {name!r}")
@@ -34,7 +35,7 @@ def save_figure(fig: plt.Figure, name: str, folder: Path | None = None) -> Path:
     fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
     tmp.replace(path)
     try:
-        return path.relative_to(FIGURES.parent)
+        return path.relative_to(OUTPUT_ROOT)
     except ValueError:
         return path
 

@@ -150,6 +150,29 @@ class Recipe:
         return 1.0
 
 
+def lm_recipe(kind: str, steps: int, d: int) -> Recipe:
+    """The recipe of the study's SAEs on language-model activations (chosen by the recipe study,
+    ``python -m lib.recipe_study``; see ``results/recipe_study.md``): warm-up over the first 5% of
+    steps, decay over the last 20% (SAELens), the L1 coefficient ramped up over the first 5%,
+    gradient clipping at 1, b_dec at the geometric median of 8,192 inputs; dead latents (no firing
+    for 10% of training) resampled every 20% (ReLU) or trained by AuxK with d/2 latents (TopK)."""
+    if kind not in ("relu", "topk"):
+        raise ValueError(f"kind must be 'relu' or 'topk', got {kind!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 20:
+        raise ValueError(f"steps must be an int >= 20 for the LM recipe's schedules, got {steps!r}")
+    dead = max(1, steps // 10)
+    return Recipe(
+        warmup_steps=steps // 20,
+        decay_steps=steps // 5,
+        l1_warmup_steps=steps // 20 if kind == "relu" else 0,
+        grad_clip=1.0,
+        b_dec_init="geometric_median",
+        dead_steps=dead,
+        resample_every=max(dead, steps // 5) if kind == "relu" else None,
+        aux_k=max(1, d // 2) if kind == "topk" else None,
+    )
+
+
 @torch.no_grad()
 def geometric_median(x: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
     """Geometric median of the rows of ``x: [..., S, d]`` -> ``[..., d]`` (Weiszfeld's algorithm,

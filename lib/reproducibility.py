@@ -4,16 +4,40 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
+
+from lib import numerics
+
+
+class NumericsWarning(RuntimeWarning):
+    """The CPU numerics are not the pinned ones (see :mod:`lib.numerics`)."""
+
+
+def check_numerics() -> list[str]:
+    """Warn loudly (or raise, with ``SAE_STUDY_STRICT_NUMERICS=1``) when the CPU numerics are not
+    pinned; returns the list of problems ([] when pinned)."""
+    issues = numerics.problems()
+    if issues:
+        msg = (
+            "CPU numerics are not pinned, so results can differ from the committed ones in the last bits "
+            "and training runs drift apart:\n  - " + "\n  - ".join(issues) + "\nRun through the Makefile "
+            "(make study / make test), or start Python with the variables of `python -m lib.numerics --env`."
+        )
+        if numerics.strict():
+            raise RuntimeError(msg)
+        warnings.warn(msg, NumericsWarning, stacklevel=3)
+    return issues
 
 
 def setup(seed: int = 0, threads: int = 2) -> torch.Generator:
     """Fix every seed and the thread count so the same parameters give the same numbers.
 
-    torch CPU results are bit-identical only for the same thread count and instruction set,
-    so the thread count is part of the reproducibility contract.
+    torch CPU results are bit-identical only for the same thread count and the same kernels, so
+    the thread count is part of the reproducibility contract, and the kernels are pinned by
+    :mod:`lib.numerics` (checked here: a loud warning, or an error in strict mode, when they are not).
 
     Args:
         seed: seed for python, numpy and torch (global generators).
@@ -32,4 +56,5 @@ def setup(seed: int = 0, threads: int = 2) -> torch.Generator:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    check_numerics()
     return torch.Generator().manual_seed(seed)

@@ -21,15 +21,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import Tensor
 
 from lib.activations import norm_scale
-from lib.lm_data import CACHE, LMData
+from lib.lm_data import LMData
 from lib.ortho import OrthoConfig
+from lib.paths import CACHE
+from lib.recipe import Recipe, lm_recipe
 from lib.sae import SAE, SAEConfig
 from lib.saelens_io import load_sae_lens, save_sae_lens
 from lib.train import TrainConfig, train
+
+SNAPSHOTS = "snapshots.safetensors"  # parameters during training (TrainConfig.snapshot_steps)
+
+
+def load_snapshots(folder: str | Path) -> dict[int, dict[str, Tensor]]:
+    """``{step: {parameter: tensor}}`` saved by :func:`train_or_load` in a finished run's folder
+    ({} if none), in training units (the run's inputs were multiplied by its ``scale``)."""
+    path = Path(folder) / SNAPSHOTS
+    if not path.exists():
+        return {}
+    out: dict[int, dict[str, Tensor]] = {}
+    for key, v in safetensors.torch.load_file(str(path)).items():
+        step, name = key.split("/", 1)
+        out.setdefault(int(step), {})[name] = v
+    return dict(sorted(out.items()))
 
 
 def run_key(name: str, sae_cfg: SAEConfig, cfg: TrainConfig, data_key: str, seed: int, scale: float) -> str:
@@ -87,6 +105,11 @@ def train_or_load(
                 desc=name,
             )
         save_sae_lens(sae.cpu(), folder / "sae", input_scale=scale, metadata=metadata)
+        if result.snapshots:  # parameters in training units (inputs times ``scale``)
+            tmp = folder / "snapshots.safetensors.tmp"
+            flat = {f"{step}/{k}": v.contiguous() for step, sd in result.snapshots.items() for k, v in sd.items()}
+            safetensors.torch.save_file(flat, str(tmp))
+            os.replace(tmp, folder / SNAPSHOTS)
         history = {k: np.asarray(v).tolist() for k, v in result.history.items()}
         tmp = done.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(history))
@@ -108,6 +131,10 @@ class LMSAESpec:
         tokens: training activations drawn (with replacement) from the cache.
         batch_size, lr, l1_coeff: training hyperparameters (``l1_coeff`` ignored for TopK).
         ortho_weight, ortho: lambda_orth and how the penalty is computed.
+        recipe: the optimisation recipe; None means the study's language-model recipe
+            (:func:`lib.recipe.lm_recipe`, which depends on the kind, the steps and d).
+        snapshots: decoder snapshots kept at evenly spaced steps (for the cross-seed match
+            against training tokens); 0 for none.
     """
 
     name: str
@@ -120,13 +147,19 @@ class LMSAESpec:
     l1_coeff: float = 1.5
     ortho_weight: float = 0.0
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
+    recipe: Recipe | None = None
+    snapshots: int = 4
 
     def __post_init__(self) -> None:
         for pname in ("tokens", "batch_size"):
             v = getattr(self, pname)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{pname} must be a positive int, got {v!r}")
-        self.configs(1)  # validates kind, k, n_latents, lr, l1_coeff, ortho_weight
+        if isinstance(self.snapshots, bool) or not isinstance(self.snapshots, int) or self.snapshots < 0:
+            raise ValueError(f"snapshots must be an int >= 0, got {self.snapshots!r}")
+        if self.recipe is not None and not isinstance(self.recipe, Recipe):
+            raise TypeError(f"recipe must be a lib.recipe.Recipe or None, got {type(self.recipe).__name__}")
+        self.configs(2)  # validates kind, k, n_latents, lr, l1_coeff, ortho_weight, recipe
 
     @property
     def steps(self) -> int:
@@ -135,9 +168,14 @@ class LMSAESpec:
     def configs(self, d: int) -> tuple[SAEConfig, TrainConfig]:
         sae_cfg = SAEConfig(d, self.n_latents, kind=self.kind, k=self.k)
         l1 = self.l1_coeff if self.kind == "relu" else 0.0
+        steps = self.steps
+        every = max(1, steps // self.snapshots) if self.snapshots else 0
         cfg = TrainConfig(
-            self.steps, self.batch_size, self.lr, l1, self.ortho_weight, self.ortho,
-            checkpoint_every=max(1, self.steps // 10),  # an interrupted run resumes, losing < 10%
+            steps, self.batch_size, self.lr, l1, self.ortho_weight, self.ortho,
+            log_every=max(1, steps // 100),
+            checkpoint_every=max(1, steps // 10),  # an interrupted run resumes, losing < 10%
+            recipe=self.recipe if self.recipe is not None else lm_recipe(self.kind, steps, d),
+            snapshot_steps=tuple(sorted({min(steps, every * i) for i in range(1, self.snapshots + 1)})) if every else (),
         )
         return sae_cfg, cfg
 

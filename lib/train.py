@@ -78,8 +78,8 @@ class TrainConfig:
             O(m^2 + m n) per step. Steps are split evenly over the stages.
         recipe: warm-up, decay, clipping, b_dec init, dead-latent remedies, decoder norms
             (:class:`lib.recipe.Recipe`; all off by default).
-        snapshot_steps: steps after which a copy of the decoder is kept in the result (e.g. to
-            follow cross-seed agreement against training tokens).
+        snapshot_steps: steps after which a copy of the model's parameters is kept in the result
+            (e.g. to follow cross-seed agreement and FVE against training tokens).
     """
 
     steps: int = 2000
@@ -139,7 +139,7 @@ class TrainResult:
     resumed_from: int = 0
     stale_agreement: list[float] = field(default_factory=list)  # cached method: see NeighbourCache
     stale_max_error: list[float] = field(default_factory=list)
-    snapshots: dict[int, Tensor] = field(default_factory=dict)  # step -> W_dec copy [(M,) n, d]
+    snapshots: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # step -> copy of the state_dict
 
 
 def n_stages(cfg: TrainConfig, n_latents: int) -> int:
@@ -376,7 +376,7 @@ def train(
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
     fingerprint = cfg.fingerprint(sae)
     history: dict[str, list[np.ndarray]] = {}
-    snapshots: dict[int, Tensor] = {}
+    snapshots: dict[int, dict[str, Tensor]] = {}
     start = 0
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
@@ -414,7 +414,8 @@ def train(
         )
 
     snap_at = set(cfg.snapshot_steps)
-    bar = tqdm(range(start, cfg.steps), desc=desc, disable=not progress, initial=start, total=cfg.steps, mininterval=1.0)
+    # refresh interval: tqdm's default, or TQDM_MININTERVAL from the environment (the Makefile sets 30 s)
+    bar = tqdm(range(start, cfg.steps), desc=desc, disable=not progress, initial=start, total=cfg.steps)
     for step in bar:
         terms = stepper(sample(cfg.batch_size), step)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
@@ -423,9 +424,9 @@ def train(
             for k, v in rec.items():
                 history.setdefault(k, []).append(v)
             if progress:
-                bar.set_postfix(loss=f"{float(terms['loss'].detach().mean()):.4g}")
+                bar.set_postfix(loss=f"{float(terms['loss'].detach().mean()):.4g}", refresh=False)
         if step + 1 in snap_at:
-            snapshots[step + 1] = sae.W_dec.detach().cpu().clone()
+            snapshots[step + 1] = {k: v.detach().cpu().clone() for k, v in sae.state_dict().items()}
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             checkpoint(step + 1)
     if ckpt is not None and start < cfg.steps:

@@ -70,7 +70,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lib import ablations, constructions, lm_data, metrics, plotting, runs, sweep, toy
+from lib import ablations, constructions, lm_data, metrics, paths, plotting, runs, sweep, toy
 from lib.ortho import OrthoConfig
 from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
@@ -79,7 +79,6 @@ setup(seed, threads)
 pd.set_option("display.width", 200)
 pd.set_option("display.max_colwidth", 40)
 EVAL_SEED = seed + 10_000
-RESULTS = plotting.FIGURES.parent / "results"  # the project's results/ folder
 TOY_COLS = ["mcc", "mmcs", "alone", "rare_alone", "n_compositions", "fvu", "l0", "nn_cos_mean"]
 
 
@@ -316,7 +315,7 @@ print(lm_ce.ce_recovered.round(3).to_string())
 # neighbours (agreement with the exact search).
 
 # %%
-bench = pd.read_csv(RESULTS / "ortho_scaling.csv")
+bench = pd.read_csv(paths.COMMITTED_RESULTS / "ortho_scaling.csv")
 series = {m: (g.n.to_numpy(), g.amortised_s.to_numpy(), g.peak_rss_mb.to_numpy()) for m, g in bench.groupby("method", sort=False)}
 fig = plotting.scaling(series, title="Q12: orthogonality penalty cost vs dictionary size (d = 768, 2 CPU cores)")
 plotting.save_figure(fig, "04_q12_cost")
@@ -373,7 +372,8 @@ def recommend(row) -> str:
 
 table["recommendation"] = table.apply(recommend, axis=1)
 print(table.fillna("not run").to_string())
-out = RESULTS / "ablation_summary.md"
+paths.RESULTS.mkdir(parents=True, exist_ok=True)
+out = paths.RESULTS / "ablation_summary.md"
 tmp = out.with_suffix(".md.tmp")
 tmp.write_text(
     "# Ablation summary (notebook 04)\n\n"
@@ -386,7 +386,7 @@ tmp.write_text(
     .to_markdown() + "\n"
 )
 tmp.replace(out)
-print(f"\nwritten to {out.relative_to(RESULTS.parent)}")
+print(f"\nwritten to {out.relative_to(paths.OUTPUT_ROOT)}")
 
 # %% [markdown]
 # ## Findings

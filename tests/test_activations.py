@@ -253,3 +253,28 @@ def test_stale_tmp_folders(tmp_path):
     assert open_cache(spec(1), tmp_path) is None
     harvest([spec(1)], tokens(), Forward(), root=tmp_path, progress=False)
     assert entries(tmp_path) == sorted([key, live.name])
+
+
+def test_streamed_sampler_equals_the_in_memory_one(tmp_path, monkeypatch):
+    """Memory-mapped shards give the same rows as the loaded cache for the same random state."""
+    monkeypatch.setattr(activations, "SHARD_BYTES", 64 * 8 * 2)  # many tiny shards
+    spec = activations.CacheSpec(model="m", revision=None, layer=0, context=8, n_tokens=8 * 40,
+                                 dtype="float16", corpus="c", drop_first=False)
+    tokens = torch.arange(8 * 40).view(40, 8)
+
+    def forward(t, layers=(0,)):
+        g = torch.Generator().manual_seed(int(t[0, 0]))
+        return {0: torch.randn(*t.shape, 8, generator=g)}
+
+    store = activations.harvest([spec], tokens, forward, root=tmp_path, batch_size=4, progress=False)[0]
+    assert len(store.meta["shards"]) > 3
+    mem, streamed = store.sampler(2.0, in_memory=True), store.sampler(2.0, in_memory=False)
+    torch.manual_seed(0)
+    a = [mem(37) for _ in range(5)]
+    torch.manual_seed(0)
+    b = [streamed(37) for _ in range(5)]
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype == torch.float32
+        assert torch.equal(x, y)
+    with pytest.raises(TypeError, match="in_memory"):
+        store.sampler(in_memory="yes")

@@ -56,8 +56,9 @@ def numpy_metrics(sae: SAE, x: torch.Tensor) -> dict[str, float]:
 def test_exact_reconstruction():
     x = torch.randn(100, 4, generator=torch.Generator().manual_seed(0))
     out = lm_eval.activation_metrics(pm_identity(4), x, batch=32)
-    assert set(out) == {"l0", "fve", "dead", "dense", "mse"}
+    assert set(out) == {"l0", "fve", "fvu_dim", "dead", "dense", "mse"}
     assert out["fve"] == pytest.approx(1.0, abs=1e-6)
+    assert out["fvu_dim"] == pytest.approx(0.0, abs=1e-10)
     assert out["mse"] == pytest.approx(0.0, abs=1e-10)
     assert out["l0"] == 4.0  # one of +e_j / -e_j per coordinate
     assert out["dead"] == 0.0 and out["dense"] == 1.0  # every latent fires on ~half the rows
@@ -178,3 +179,18 @@ def test_ce_table_keeps_position_zero_clean(tiny, tokens):
     breaker.load_state_dict(zero_out.state_dict())
     table = lm_eval.ce_table(tiny, tokens, 0, {"breaker": breaker})
     assert table.loc["breaker", "spliced"] == pytest.approx(table.loc["breaker", "clean"], abs=1e-5)
+
+
+def test_per_dimension_fvu_weighs_every_dimension_equally():
+    """One high-variance dimension reconstructed perfectly, one low-variance dimension not at all:
+    FVE is near 1 (the big dimension dominates), the per-dimension FVU is 0.5."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 2, generator=g) * torch.tensor([100.0, 1.0])
+    sae = SAE(SAEConfig(d=2, n_latents=2))
+    with torch.no_grad():  # latent 0 copies +x_0, latent 1 copies -x_0: dimension 1 is lost
+        sae.W_dec.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+        sae.W_enc.copy_(torch.tensor([[1.0, -1.0], [0.0, 0.0]]))
+        sae.b_enc.zero_(), sae.b_dec.zero_()
+    out = lm_eval.activation_metrics(sae, x)
+    assert out["fve"] > 0.999
+    assert out["fvu_dim"] == pytest.approx(0.5, abs=0.01)

@@ -266,8 +266,9 @@ def test_snapshots_copy_the_decoder_at_the_requested_steps():
     sae = SAE(SAEConfig(D, N))
     res = train(sae, _sample(), TrainConfig(steps=20, batch_size=16, snapshot_steps=(5, 20)), progress=False)
     assert sorted(res.snapshots) == [5, 20]
-    assert torch.equal(res.snapshots[20], sae.W_dec.detach())
-    assert not torch.equal(res.snapshots[5], res.snapshots[20])
+    assert set(res.snapshots[20]) == {"W_enc", "b_enc", "W_dec", "b_dec"}
+    assert torch.equal(res.snapshots[20]["W_dec"], sae.W_dec.detach())
+    assert not torch.equal(res.snapshots[5]["W_dec"], res.snapshots[20]["W_dec"])
 
 
 FULL = Recipe(warmup_steps=5, decay_steps=10, l1_warmup_steps=8, grad_clip=1.0, b_dec_init="geometric_median",
@@ -297,4 +298,4 @@ def test_resume_with_the_full_recipe_is_bit_identical(tmp_path):
         assert torch.equal(a, b), name
     for k in ref_res.history:
         assert (ref_res.history[k] == res.history[k]).all(), k
-    assert torch.equal(ref_res.snapshots[10], res.snapshots[10])
+    assert torch.equal(ref_res.snapshots[10]["W_dec"], res.snapshots[10]["W_dec"])

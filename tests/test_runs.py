@@ -156,3 +156,30 @@ def test_bool_scale_rejected_before_training(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="^scale must be a finite number > 0"):
         run(tmp_path / "root", scale=True)
     assert files(tmp_path / "root") == []
+
+
+def test_snapshots_are_saved_and_reloaded(tmp_path):
+    cfg = TrainConfig(steps=30, batch_size=32, lr=1e-2, l1_coeff=0.01, log_every=10, snapshot_steps=(10, 30))
+    sae, _ = run(tmp_path, cfg=cfg)
+    folder = tmp_path / runs.run_key("run", SAE_CFG, cfg, "data-A", 3, 0.5)
+    snaps = runs.load_snapshots(folder)
+    assert sorted(snaps) == [10, 30]
+    # training units: the final snapshot is the saved SAE before the scale was folded in
+    torch.testing.assert_close(snaps[30]["W_dec"] / 0.5, sae.W_dec.detach())
+    assert runs.load_snapshots(tmp_path / "nothing") == {}
+
+
+def test_lm_spec_uses_the_lm_recipe_and_snapshots():
+    from lib.recipe import Recipe, lm_recipe
+
+    spec = runs.LMSAESpec("s", tokens=256 * 400, batch_size=256, snapshots=4)
+    _, cfg = spec.configs(64)
+    assert cfg.recipe == lm_recipe("relu", 400, 64)
+    assert cfg.snapshot_steps == (100, 200, 300, 400)
+    assert cfg.log_every == 4
+    plain = runs.LMSAESpec("s", tokens=256 * 400, batch_size=256, recipe=Recipe(), snapshots=0)
+    assert plain.configs(64)[1].recipe == Recipe() and plain.configs(64)[1].snapshot_steps == ()
+    with pytest.raises(TypeError, match="recipe"):
+        runs.LMSAESpec("s", recipe={"warmup_steps": 3})
+    with pytest.raises(ValueError, match="snapshots"):
+        runs.LMSAESpec("s", snapshots=-1)
