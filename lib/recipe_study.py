@@ -45,6 +45,8 @@ def recipes(kind_k: int, steps_256: int, d: int) -> dict[str, dict]:
         "plain, batch 256": {"batch_size": 256, "recipe": Recipe()},
         "plain + b_dec median, batch 256": {"batch_size": 256, "recipe": Recipe(b_dec_init="geometric_median")},
         DEFAULT: {"batch_size": 256, "recipe": None},
+        "LM recipe, L1 x 0.5": {"batch_size": 256, "recipe": None, "l1_scale": 0.5},
+        "LM recipe, L1 x 2": {"batch_size": 256, "recipe": None, "l1_scale": 2.0},
         "LM recipe, lr 3e-3": {"batch_size": 256, "recipe": None, "lr": 3e-3},
         "LM recipe, no resampling": {"batch_size": 256, "recipe": dataclasses.replace(default, resample_every=None)},
         "LM recipe, free decoder norms (SAELens)": {
@@ -97,6 +99,7 @@ def run_study(
     rows = []
     for name in names:
         kw = {**base, **table[name]}
+        kw["l1_coeff"] = kw["l1_coeff"] * kw.pop("l1_scale", 1.0)
         if kw.get("kind", "relu") == "relu":
             kw.pop("k", None)
         # the default recipes share their runs with notebook 02 (same name, spec and seeds)
