@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
+import scipy.stats
 import torch
 from torch import Tensor
 
 from lib import lm
-from lib.sae import SAE
+from lib.recipe import geometric_median
+from lib.sae import SAE, SAEConfig
 
 # A latent firing on more than this fraction of tokens is "dense" (it behaves like a bias).
 DENSE_FRACTION = 0.1
@@ -105,3 +108,33 @@ def ce_table(model: lm.LoadedModel, tokens: Tensor, layer: int, saes: Mapping[st
     ]
     return pd.DataFrame(rows).set_index("sae")
 
+
+
+def random_init_sae(cfg: SAEConfig, x: Tensor, seed: int) -> SAE:
+    """The untrained reference of the same shape: a random decoder (unit rows), the tied encoder,
+    and b_dec at the geometric median of ``x: [N, d]`` (where the training recipe starts)."""
+    if cfg.n_models is not None:
+        raise ValueError("random_init_sae builds a single SAE; got n_models set")
+    sae = SAE(cfg, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        sae.b_dec.copy_(geometric_median(x[:8192].float()))
+    return sae
+
+
+def paired_table(a: pd.DataFrame, b: pd.DataFrame, cols: list[str], confidence: float = 0.95,
+                 seed: int = 0) -> pd.DataFrame:
+    """Paired differences ``a - b`` per column over the rows both share (e.g. seeds): mean, the
+    t-interval at ``confidence`` (few seeds: a bootstrap interval of 3 values would just be their
+    range), the number of pairs, and whether the interval excludes 0."""
+    del seed  # the t-interval needs no resampling; kept for a uniform signature
+    common = a.index.intersection(b.index)
+    if len(common) < 2:
+        raise ValueError(f"need at least 2 paired rows, got {len(common)}")
+    rows = []
+    for c in cols:
+        d = (a.loc[common, c].astype(float) - b.loc[common, c].astype(float)).to_numpy()
+        n, mean = len(d), float(d.mean())
+        half = float(scipy.stats.t.ppf((1 + confidence) / 2, n - 1) * d.std(ddof=1) / np.sqrt(n))
+        rows.append({"metric": c, "diff": mean, "low": mean - half, "high": mean + half, "n": n,
+                     "excludes_0": bool(mean - half > 0 or mean + half < 0)})
+    return pd.DataFrame(rows).set_index("metric")

@@ -198,10 +198,12 @@ def histograms(
     bins: int = 50,
     value_range: tuple[float, float] = (0.0, 1.0),
     suptitle: str = "",
+    logy: bool = False,
 ) -> plt.Figure:
     """Overlaid step histograms (one line per array, e.g. per seed), one panel per key.
 
     panels: panel title -> label -> list of 1-D arrays; every array of a label gets its colour.
+    ``logy`` puts the density on a log scale (tails become visible).
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False, sharey=True)
     edges = np.linspace(*value_range, bins + 1)
@@ -213,6 +215,8 @@ def histograms(
                     label=label if j == 0 else None, density=True,
                 )
         ax.set(title=title, xlabel=xlabel, ylabel="density")
+        if logy:
+            ax.set_yscale("log")
         ax.legend(fontsize="small")
     if suptitle:
         fig.suptitle(suptitle)
@@ -246,4 +250,46 @@ def variant_bars(
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
+    return fig
+
+
+def curves_by_tokens(
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+    highlight: str | None = None,
+    references: dict[str, float] | None = None,
+    suptitle: str = "",
+) -> plt.Figure:
+    """One panel per metric, one line per run family against training tokens.
+
+    panels: metric -> label -> (tokens [k], values [n_seeds, k]); the mean is drawn with the seeds'
+    range shaded. ``highlight`` draws that label thick and black; ``references`` adds a dashed
+    horizontal line per metric (e.g. a random dictionary's value).
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.8), squeeze=False)
+    labels = list(dict.fromkeys(label for series in panels.values() for label in series))
+    colors = dict(zip(labels, sns.color_palette("tab10", n_colors=len(labels))))
+    for ax, (metric, series) in zip(axes[0], panels.items()):
+        for label, (tokens, values) in series.items():
+            values = np.atleast_2d(np.asarray(values, float))
+            main = label == highlight
+            ax.plot(tokens, values.mean(0), marker="o", ms=3, label=label, lw=2.6 if main else 1.2,
+                    color="black" if main else colors[label], zorder=3 if main else 2)
+            if values.shape[0] > 1:
+                ax.fill_between(tokens, values.min(0), values.max(0), alpha=0.15,
+                                color="black" if main else colors[label])
+        if references and metric in references:
+            ax.axhline(references[metric], ls="--", color="grey", lw=1, label="random dictionary")
+        ax.set(xlabel="training tokens", title=metric)
+        ax.set_xscale("log")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    fig.legend(handles, names, loc="lower center", ncol=min(4, len(names)), fontsize="small",
+               bbox_to_anchor=(0.5, -0.02))
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout(rect=(0, 0.12 + 0.04 * (len(names) // 4), 1, 1))
     return fig
