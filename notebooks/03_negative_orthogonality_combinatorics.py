@@ -26,8 +26,9 @@
 # A negative weight needs a bounded penalty shape (the steep −log(1−|cos|) would reward
 # alignment without bound); we use the linear shape |cos|. Every number below comes from this
 # run; spread is the standard deviation over seeds. The language-model part reuses notebook 02's
-# cached activations and vanilla SAE when they exist (same parameters), and computes them when
-# this notebook runs alone.
+# cached activations and converged vanilla SAE when they exist (same parameters), and computes
+# them when this notebook runs alone; its own SAEs are trained with the same recipe
+# (`lib.recipe.lm_recipe`) and pass or fail the same convergence gates (`lib.convergence`).
 
 # %% tags=["parameters"]
 seed: int = 0
@@ -44,16 +45,19 @@ toy_neg_weights: list = [0.0, -0.003, -0.01, -0.03, -0.1]
 # Language model (same defaults as notebook 02, so its cache and vanilla SAE are reused)
 model: str = "EleutherAI/pythia-70m-deduped"
 layer: int = 3
+other_layer: int = 1  # harvested with layer in notebook 02 (same cache)
 context: int = 128
 corpus: str = "python-docs"
-train_tokens: int = 500_000
-eval_tokens: int = 16_384
+train_tokens: int = 1_000_000
+eval_tokens: int = 32_768
 n_latents: int = 2048  # the vanilla reference SAE (notebook 02's)
+batch_size: int = 256
+lr: float = 1e-3
 l1_coeff: float = 1.5
-# Q9, language model: smaller SAEs with negative weights
+# Q9, language model: smaller SAEs with negative weights, same recipe
 lm_neg_weights: list = [0.0, -10.0, -100.0]
 lm_latents: int = 1024
-lm_tokens: int = 200_000
+lm_tokens: int = 500_000
 # Q10: atoms from the vanilla reference SAE, plus sums
 n_atoms: int = 128
 n_pairs: int = 16
@@ -69,7 +73,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lib import decompose, lm_data, lm_eval, metrics, plotting, runs, summed, sweep, toy
+from lib import convergence, decompose, lm_data, lm_eval, metrics, plotting, runs, summed, sweep, toy
 from lib.ortho import OrthoConfig
 from lib.reproducibility import setup
 
@@ -122,41 +126,48 @@ print(sweep.mean_std(q9_toy, ["ortho_weight"], ["n_compositions", "alone", "in_c
 # %% [markdown]
 # ## Q9 · Negative orthogonality on the language model
 #
-# The reference is notebook 02's vanilla SAE (n_latents latents, seed 0). SAEs with lm_latents
-# latents are trained on lm_tokens activations with each weight in lm_neg_weights (linear shape;
-# inputs are normalised to mean squared norm d, so the reconstruction term is O(10-100) per token
-# and the weights are on that scale). A latent counts as a *combination* when its decoder direction
-# is fitted by a non-negative combination of 2-3 latents of the reference with cos ≥ 0.9, each
-# carrying ≥ 15% of the weight, and at least 0.05 better than the best single reference latent
-# (`lib.decompose.is_combination`). The λ = 0 runs are the control.
+# The reference is notebook 02's converged vanilla SAE (n_latents latents, seed 0). SAEs with
+# lm_latents latents are trained on lm_tokens activations with each weight in lm_neg_weights
+# (linear shape; inputs are normalised to mean squared norm d, so the reconstruction term is
+# O(10-100) per token and the weights are on that scale), with the LM recipe. A latent counts as a
+# *combination* when its decoder direction is fitted by a non-negative combination of 2-3 latents
+# with cos ≥ 0.9, each carrying ≥ 15% of the weight, and at least 0.05 better than the best single
+# latent (`lib.decompose.is_combination`), measured two ways: against the reference's latents,
+# and against the SAE's *own* other latents (self-decomposition, which needs no reference). The
+# λ = 0 runs are the control; the convergence gates of every SAE are printed with them.
 
 # %%
 data = lm_data.prepare(lm_data.LMDataConfig(
-    model=model, layers=(layer,), context=context, train_tokens=train_tokens, eval_tokens=eval_tokens,
-    corpus=corpus, device=device,
+    model=model, layers=(layer, other_layer), context=context, train_tokens=train_tokens,
+    eval_tokens=eval_tokens, corpus=corpus, device=device,
 ))
 LABEL = data.lm.label
+D = data.lm.d_model
 sample = data.train[layer].sampler()
-reference, _ = runs.train_lm_sae(
-    data, layer, runs.LMSAESpec("vanilla", n_latents=n_latents, tokens=train_tokens, l1_coeff=l1_coeff),
-    seed, sample, device=device,
-)
+ref_spec = runs.LMSAESpec("vanilla", n_latents=n_latents, tokens=train_tokens, batch_size=batch_size, lr=lr,
+                          l1_coeff=l1_coeff)
+reference, ref_hist = runs.train_lm_sae(data, layer, ref_spec, seed, sample, device=device)
 x_eval = data.eval[layer].load()
-q9_rows = []
+q9_rows, q9_gates = [], {}
 for w in lm_neg_weights:
-    spec = runs.LMSAESpec(f"negortho{w:g}", n_latents=lm_latents, tokens=lm_tokens, l1_coeff=l1_coeff,
-                          ortho_weight=w, ortho=LINEAR)
+    spec = runs.LMSAESpec(f"negortho{w:g}", n_latents=lm_latents, tokens=lm_tokens, batch_size=batch_size, lr=lr,
+                          l1_coeff=l1_coeff, ortho_weight=w, ortho=LINEAR)
     for s in range(n_seeds):
-        sae, _ = runs.train_lm_sae(data, layer, spec, seed + s, sample, device=device)
+        sae, hist = runs.train_lm_sae(data, layer, spec, seed + s, sample, device=device)
         W = sae.W_dec.detach()
+        q9_gates[f"λ={w:g} s{s}"] = convergence.training_gates(hist, W, spec.initial_decoder(D, seed + s))
         frac, _ = decompose.combination_fraction(W, reference.W_dec.detach())
+        self_frac, _ = decompose.combination_fraction(W)
         nn_cos = metrics.nn_abs_cos_distribution(W)
-        q9_rows.append({"ortho_weight": w, "seed": s, "combination_fraction": frac,
+        q9_rows.append({"ortho_weight": w, "seed": s, "combination_fraction": frac, "self_combination": self_frac,
                         "nn_cos_mean": float(nn_cos.mean()), **lm_eval.activation_metrics(sae, x_eval)})
 del sample
+ref_gates = convergence.training_gates(ref_hist, reference.W_dec.detach(), ref_spec.initial_decoder(D, seed))
 q9_lm = pd.DataFrame(q9_rows)
-fig, axes = plotting.plt.subplots(1, 3, figsize=(13, 3.6))
-for ax, (col, label) in zip(axes, [("combination_fraction", "latents that are combinations"),
+q9_gate_df = convergence.gate_table({"reference (notebook 02 vanilla, seed 0)": ref_gates, **q9_gates})
+fig, axes = plotting.plt.subplots(1, 4, figsize=(17, 3.6))
+for ax, (col, label) in zip(axes, [("combination_fraction", "combinations of the reference"),
+                                   ("self_combination", "combinations of own latents"),
                                    ("fve", "fraction of variance explained"), ("l0", "L0")]):
     x, ys = sweep.seeds_matrix(q9_lm, "ortho_weight", col)
     plotting.lines_with_spread(x, {"linear |cos| shape": ys}, xlabel="λ_orth", ylabel=label, ax=ax)
@@ -167,8 +178,9 @@ plotting.save_figure(fig, "03_q9_negative_lm")
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(sweep.mean_std(q9_lm, ["ortho_weight"], ["combination_fraction", "nn_cos_mean", "fve", "l0", "dead"],
-                     digits=2).to_string())
+print(q9_gate_df.round(3).to_string())
+print(sweep.mean_std(q9_lm, ["ortho_weight"], ["combination_fraction", "self_combination", "nn_cos_mean", "fve",
+                                               "fvu_dim", "l0", "dead"], digits=3).to_string())
 
 # %% [markdown]
 # ## Q10 · Summed features with known parts
