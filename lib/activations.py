@@ -40,6 +40,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from lib.validation import check_int
+
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 META_FILE = "meta.json"
 SHARD_BYTES = 256 * 2**20  # target shard size; module-level so tests can make shards tiny
@@ -89,9 +91,7 @@ class CacheSpec:
         if not isinstance(self.drop_first, bool):
             raise TypeError(f"drop_first must be a bool, got {self.drop_first!r}")
         for name, low in (("layer", 0), ("context", 1 + self.drop_first), ("n_tokens", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), low))
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.corpus, str):
