@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lib import lm
 from lib.sae import SAE
+from lib.validation import check_instance, check_int, check_tensor
 
 # A latent firing on more than this fraction of tokens is "dense" (it behaves like a bias).
 DENSE_FRACTION = 0.1
@@ -37,10 +38,15 @@ def activation_metrics(sae: SAE, x: Tensor, batch: int = 8192) -> dict[str, floa
         dead (fraction of latents that never fire on x), dense (fraction firing on more than
         ``DENSE_FRACTION`` of tokens), mse (squared error per token).
     """
+    check_instance("sae", sae, SAE)
     if sae.stacked:
         raise ValueError("activation_metrics needs a single SAE; use sae.select(i) for a stack")
+    check_tensor("x", x)
     if x.ndim != 2 or x.shape[1] != sae.cfg.d:
         raise ValueError(f"x must have shape [N, {sae.cfg.d}], got {tuple(x.shape)}")
+    if len(x) < 2:
+        raise ValueError(f"x must hold N >= 2 rows to have a variance, got {tuple(x.shape)}")
+    batch = check_int("batch", batch, 1)
     fires = torch.zeros(sae.cfg.n_latents)
     l0_sum, sq_err, n = 0.0, 0.0, 0
     for start in range(0, len(x), batch):
@@ -53,6 +59,8 @@ def activation_metrics(sae: SAE, x: Tensor, batch: int = 8192) -> dict[str, floa
         n += len(xb)
     xs = x.float()
     total_var = (xs - xs.mean(0)).square().sum().item()
+    if not total_var > 100 * torch.finfo(torch.float32).eps ** 2 * xs.square().sum().item():
+        raise ValueError("x has no variance over its rows: the fraction of variance explained is undefined")
     freq = fires / n
     return {
         "l0": l0_sum / n,
