@@ -157,6 +157,8 @@ class LMSAESpec:
         _check_name(self.name)
         for pname in ("tokens", "batch_size"):
             object.__setattr__(self, pname, check_int(pname, getattr(self, pname), 1))
+        for pname, low, low_open in (("lr", 0.0, True), ("l1_coeff", 0.0, False), ("ortho_weight", None, False)):
+            object.__setattr__(self, pname, check_float(pname, getattr(self, pname), low, low_open=low_open))
         self.configs(1)  # validates kind, k, n_latents, lr, l1_coeff, ortho_weight
 
     @property

@@ -147,3 +147,5 @@ class SAE(nn.Module):
             raise ValueError(f"x must have shape {lead}{self.cfg.d}], got {tuple(x.shape)}")
         if self.stacked and x.shape[0] != self.cfg.n_models:
             raise ValueError(f"x must have n_models={self.cfg.n_models} as dim 0, got {x.shape[0]}")
+        if x.dtype != self.W_enc.dtype:
+            raise ValueError(f"x must have the SAE's dtype {self.W_enc.dtype}, got {x.dtype}; convert it (e.g. x.float())")

@@ -204,6 +204,10 @@ def load_sae_lens(folder: str | Path) -> tuple[SAE, dict]:
         k = int(cfg["k"]) if arch == "topk" else None
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{folder / CFG_FILE}: needs integer d_in, d_sae (and k for topk): {e!r}") from e
+    try:
+        sae_cfg = SAEConfig(d, n, kinds[arch], k)
+    except ValueError as e:
+        raise ValueError(f"{folder / CFG_FILE}: {e}") from e
 
     blob = (folder / WEIGHTS_FILE).read_bytes()
     want = cfg.get("metadata", {}).get("weights_sha256")
@@ -229,7 +233,7 @@ def load_sae_lens(folder: str | Path) -> tuple[SAE, dict]:
     if not cfg.get("apply_b_dec_to_input", True):
         # SAELens encodes x @ W_enc + b_enc; ours subtracts b_dec first, so add it back into b_enc
         w["b_enc"] = w["b_enc"] + w["b_dec"] @ w["W_enc"]
-    sae = SAE(SAEConfig(d, n, kinds[arch], k), generator=torch.Generator())  # init overwritten
+    sae = SAE(sae_cfg, generator=torch.Generator())  # init overwritten
     with torch.no_grad():
         for name, p in sae.named_parameters():
             p.copy_(w[name])
