@@ -157,6 +157,7 @@ def run_variants(
     for i, v in enumerate(variants):
         check_instance(f"variants[{i}]", v, Variant)
     n_seeds = check_int("n_seeds", n_seeds, 1)
+    seed = check_int("seed", seed, 0)
     x_eval = check_tensor("x_eval", x_eval, 2)
     if true is not None:
         true = check_tensor("true", true, 2)
@@ -243,6 +244,7 @@ def run_lm_variants(
     for i, v in enumerate(variants):
         check_instance(f"variants[{i}]", v, Variant)
     n_seeds = check_int("n_seeds", n_seeds, 1)
+    seed = check_int("seed", seed, 0)
     check_instance("base", base, LMSAESpec)
     if layer not in data.train:
         raise ValueError(f"layer {layer!r} was not harvested; available: {sorted(data.train)}")

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from lib.validation import check_int
+from lib.validation import check_callable, check_float, check_int, check_output_dir, check_tensor
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 META_FILE = "meta.json"
@@ -145,8 +145,7 @@ class ActivationStore:
         checkpointed run resumes on the same data. The data stay in memory (on ``device``) in the
         cache dtype; each batch is converted to float32 and multiplied by ``scale``.
         """
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        scale = check_float("scale", scale, 0.0, low_open=True)
         data = self.load(DTYPES[self.meta["dtype"]]).to(device)
 
         def sample(batch: int) -> Tensor:
@@ -242,8 +241,9 @@ def harvest(
     In every error case nothing is left behind.
     """
     spec0 = _check_specs(specs)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size, 1)
+    check_callable("forward", forward)
+    check_tensor("tokens", tokens, finite=False)
     if tokens.ndim != 2 or tokens.shape[1] != spec0.context or tokens.shape[0] < spec0.n_seq:
         raise ValueError(
             f"tokens must have shape [n_seq >= {spec0.n_seq}, context={spec0.context}] "
@@ -251,7 +251,7 @@ def harvest(
         )
     if tokens.dtype.is_floating_point or tokens.dtype.is_complex:
         raise ValueError(f"tokens must hold integer ids, got dtype {tokens.dtype}")
-    root = Path(root)
+    root = check_output_dir("root", root)
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(root)
     stores = {s.layer: open_cache(s, root) for s in specs}

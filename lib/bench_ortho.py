@@ -43,6 +43,7 @@ from lib.ortho import EXACT_METHODS, PENALTY_SHAPES, OrthoConfig, nn_abs_cos
 from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
 from lib.train import Stepper, TrainConfig
+from lib.validation import check_output_dir
 
 METHODS = ("vanilla", "naive", "active", "chunked", "cached", "ortsae", "incremental")
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -339,6 +340,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(asdict(run_one(**kw))))
         return
     methods = _check_cli(a)
+    if a.scaling:  # where the results go, checked before hours of timing
+        check_output_dir("the results folder", RESULTS)
     if a.quality:
         print(quality(threads=1))
         return

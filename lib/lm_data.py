@@ -154,6 +154,7 @@ def prepare(cfg: LMDataConfig, root: str | Path | None = None, progress: bool = 
 
 def stacked_sampler(store: activations.ActivationStore, n_models: int | None, scale: float):
     """``batch -> [n_models, batch, d]`` (independent rows per model), or ``[batch, d]`` for None."""
+    n_models = check_int("n_models", n_models, 1, optional=True)
     draw = store.sampler(scale)
     if n_models is None:
         return draw

@@ -23,6 +23,7 @@ from lib.toy import SphereData, ToyData, stack_sampler
 from lib.train import TrainConfig, train
 from lib.validation import (
     ParameterTypeError,
+    check_callable,
     check_columns,
     check_float,
     check_instance,
@@ -153,6 +154,9 @@ def train_stack(
     if m == 0:
         raise ValueError("rows is empty: nothing to train")
     _check_hyperparameter_columns(rows)
+    seed = check_int("seed", seed, 0)
+    if init is not None:
+        check_callable("init", init)
     sae_cfg = SAEConfig(d=d, n_latents=n_latents, kind=kind, k=k, n_models=m)
     cfg = TrainConfig(
         steps=steps,

@@ -13,8 +13,10 @@ warm-up, gradient clipping, dead-latent resampling or AuxK, free decoder norms w
 L1) is off by default.
 
 Checkpoints (model, optimiser, step, history and the global RNG state that drives the data) are
-written to a temporary file and renamed, so an interrupted run never leaves a checkpoint that is
-later trusted; ``train`` resumes from one when its configuration matches and refuses otherwise.
+versioned, hash-checked files (:mod:`lib.checkpoint`) written to a temporary file and renamed, so
+an interrupted run never leaves a checkpoint that is later trusted and a damaged one is refused by
+name; ``train`` resumes from one when its (canonical) configuration matches and refuses otherwise.
+Every argument, the checkpoint folder included, is checked before the first step.
 """
 
 from __future__ import annotations
@@ -61,9 +63,9 @@ def _per_model_values(name: str, value: PerModel) -> PerModel:
     return check_float(name, value, low, low_open=low_open)
 
 
-def _per_model(name: str, value: PerModel, n_models: int | None, positive: bool | None = None) -> Tensor:
+def _per_model(name: str, value: PerModel, n_models: int | None) -> Tensor:
     """The values of a per-model hyperparameter as a tensor [n_models] (a scalar tensor for a
-    single SAE). ``positive`` is unused (the bounds live in ``_PER_MODEL_BOUNDS``)."""
+    single SAE)."""
     value = _per_model_values(name, value)
     values = value if isinstance(value, tuple) else (value,)
     m = 1 if n_models is None else n_models
@@ -121,8 +123,7 @@ class TrainConfig:
         for name in _PER_MODEL_BOUNDS:
             put(name, _per_model_values(name, getattr(self, name)))
         check_instance("ortho", self.ortho, OrthoConfig)
-        if not isinstance(self.recipe, Recipe):
-            raise ParameterTypeError(f"recipe must be a lib.recipe.Recipe, got {type(self.recipe).__name__}")
+        check_instance("recipe", self.recipe, Recipe)
         self.recipe.check_steps(self.steps)
         snaps = self.snapshot_steps
         if isinstance(snaps, (str, bytes)) or not isinstance(snaps, (tuple, list)):
@@ -276,9 +277,9 @@ class Stepper:
             )
         m = sae.cfg.n_models
         device = sae.W_dec.device
-        self.lr = _per_model("lr", cfg.lr, m, True).to(device)
-        self.l1 = _per_model("l1_coeff", cfg.l1_coeff, m, False).to(device)
-        self.ortho_w = _per_model("ortho_weight", cfg.ortho_weight, m, False).to(device)
+        self.lr = _per_model("lr", cfg.lr, m).to(device)
+        self.l1 = _per_model("l1_coeff", cfg.l1_coeff, m).to(device)
+        self.ortho_w = _per_model("ortho_weight", cfg.ortho_weight, m).to(device)
         # fused: one pass over the parameters per step instead of one per Adam operation
         self.opt = torch.optim.Adam(sae.parameters(), lr=1.0 if m is not None else float(self.lr), fused=True)
         self.cache = cfg.ortho.make_cache() if bool((self.ortho_w != 0).any()) else None
