@@ -24,7 +24,18 @@ from lib import lm_eval, metrics, sweep
 from lib.lm_data import LMData
 from lib.ortho import OrthoConfig
 from lib.runs import LMSAESpec, train_lm_sae
-from lib.sae import SAE
+from lib.sae import SAE, SAE_KINDS
+from lib.validation import (
+    check_bool,
+    check_choice,
+    check_columns,
+    check_float,
+    check_instance,
+    check_int,
+    check_numbers,
+    check_str,
+    check_tensor,
+)
 
 
 @dataclass(frozen=True)
@@ -49,10 +60,17 @@ class Variant:
     n_latents: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or not self.group:
-            raise ValueError("name and group must be non-empty strings")
+        check_str("name", self.name)
+        check_str("group", self.group)
+        object.__setattr__(self, "ortho_weight", check_float("ortho_weight", self.ortho_weight))
+        check_instance("ortho", self.ortho, OrthoConfig)
+        check_choice("kind", self.kind, SAE_KINDS)
         if self.kind == "topk" and self.k is None:
             raise ValueError(f"variant {self.name!r}: kind='topk' needs k")
+        object.__setattr__(self, "k", check_int("k", self.k, 1, optional=True))
+        if self.kind != "topk" and self.k is not None:
+            raise ValueError(f"variant {self.name!r}: k is only used with kind='topk', got k={self.k!r}")
+        object.__setattr__(self, "n_latents", check_int("n_latents", self.n_latents, 1, optional=True))
 
 
 def standard_variants(
@@ -65,8 +83,11 @@ def standard_variants(
     sizes are given as factors of the proposal's, so that variants of runs at different scales
     (toy data, language model) carry the same names.
     """
+    w = check_float("ortho_weight", ortho_weight)
+    weight_factors = check_numbers("weight_factors", weight_factors, nonempty=False)
+    size_factors = check_numbers("size_factors", size_factors, 0.0, low_open=True, nonempty=False)
+    n_latents, k = check_int("n_latents", n_latents, 1), check_int("k", k, 1)
     prop = OrthoConfig()
-    w = ortho_weight
     out = [
         Variant("vanilla", "reference"),
         Variant("proposal", "reference", w, prop),
@@ -133,6 +154,17 @@ def run_variants(
     """
     if not variants:
         raise ValueError("variants is empty")
+    for i, v in enumerate(variants):
+        check_instance(f"variants[{i}]", v, Variant)
+    n_seeds = check_int("n_seeds", n_seeds, 1)
+    seed = check_int("seed", seed, 0)
+    x_eval = check_tensor("x_eval", x_eval, 2)
+    if true is not None:
+        true = check_tensor("true", true, 2)
+    if rare is not None:
+        rare = np.asarray(rare)
+        if rare.dtype != bool or true is None or rare.shape != (true.shape[0],):
+            raise ValueError(f"rare must be a bool mask with one entry per true feature (needs true), got {rare.dtype} {rare.shape}")
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"variant names must be unique, got {names}")
@@ -169,6 +201,8 @@ def summary(df: pd.DataFrame, cols: Sequence[str], reference: str = "proposal", 
     Raises:
         ValueError: ``reference`` is not a variant of ``df``.
     """
+    cols = [cols] if isinstance(cols, str) else list(cols)
+    check_columns("df", df, ["group", "variant", *cols])
     if reference not in set(df.variant):
         raise ValueError(f"reference {reference!r} is not a variant in the table")
     g = df.groupby(["group", "variant"], sort=False)[list(cols)]
@@ -207,6 +241,13 @@ def run_lm_variants(
     """
     if not variants:
         raise ValueError("variants is empty")
+    for i, v in enumerate(variants):
+        check_instance(f"variants[{i}]", v, Variant)
+    n_seeds = check_int("n_seeds", n_seeds, 1)
+    seed = check_int("seed", seed, 0)
+    check_instance("base", base, LMSAESpec)
+    if layer not in data.train:
+        raise ValueError(f"layer {layer!r} was not harvested; available: {sorted(data.train)}")
     sample = data.train[layer].sampler()  # loaded once, shared by every run
     rows, first = [], {}
     for v in tqdm(variants, desc="LM variants"):
@@ -234,6 +275,8 @@ def verdict(df: pd.DataFrame, col: str, higher_is_better: bool, reference: str =
     distinguishable at this number of seeds). With fewer than 2 seeds there is no spread to
     compare with: every verdict is "n/a".
     """
+    check_columns("df", df, ["variant", col])
+    check_bool("higher_is_better", higher_is_better)
     g = df.groupby("variant", sort=False)[col]
     if g.size().min() < 2:
         return pd.Series("n/a", index=g.size().index)

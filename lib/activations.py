@@ -41,6 +41,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from lib.validation import check_callable, check_float, check_int, check_output_dir, check_tensor
+
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 META_FILE = "meta.json"
 SHARD_BYTES = 256 * 2**20  # target shard size; module-level so tests can make shards tiny
@@ -90,9 +92,7 @@ class CacheSpec:
         if not isinstance(self.drop_first, bool):
             raise TypeError(f"drop_first must be a bool, got {self.drop_first!r}")
         for name, low in (("layer", 0), ("context", 1 + self.drop_first), ("n_tokens", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), low))
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.corpus, str):
@@ -154,8 +154,7 @@ class ActivationStore:
                 cache larger than memory works and only the rows drawn are read. Both give the
                 same rows for the same random state, bit for bit.
         """
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        scale = check_float("scale", scale, 0.0, low_open=True)
         if in_memory is not None and not isinstance(in_memory, bool):
             raise TypeError(f"in_memory must be True, False or None, got {in_memory!r}")
         if in_memory is None:
@@ -284,8 +283,9 @@ def harvest(
     In every error case nothing is left behind.
     """
     spec0 = _check_specs(specs)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size, 1)
+    check_callable("forward", forward)
+    check_tensor("tokens", tokens, finite=False)
     if tokens.ndim != 2 or tokens.shape[1] != spec0.context or tokens.shape[0] < spec0.n_seq:
         raise ValueError(
             f"tokens must have shape [n_seq >= {spec0.n_seq}, context={spec0.context}] "
@@ -293,7 +293,7 @@ def harvest(
         )
     if tokens.dtype.is_floating_point or tokens.dtype.is_complex:
         raise ValueError(f"tokens must hold integer ids, got dtype {tokens.dtype}")
-    root = Path(root)
+    root = check_output_dir("root", root)
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(root)
     stores = {s.layer: open_cache(s, root) for s in specs}

@@ -43,6 +43,7 @@ from lib.paths import RESULTS
 from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
 from lib.train import Stepper, TrainConfig
+from lib.validation import check_output_dir
 
 METHODS = ("vanilla", "naive", "active", "chunked", "cached", "ortsae", "incremental")
 # Dense methods whose |cos| block with autograd would need more than this are not attempted.
@@ -67,12 +68,62 @@ class Result:
     note: str = ""
 
 
-def _args_check(n: int, d: int, batch: int, steps: int, k: int, refresh: int) -> None:
-    for name, v in (("n", n), ("d", d), ("batch", batch), ("steps", steps), ("k", k), ("refresh-every", refresh)):
-        if v <= 0:
-            raise SystemExit(f"--{name} must be a positive integer, got {v}")
-    if n < 2:
-        raise SystemExit(f"--n must be >= 2, got {n}")
+# Command-line options: default, smallest allowed value, and the methods that use it (None: all).
+OPTIONS = {
+    "n": (16384, 2, None),
+    "d": (512, 1, None),
+    "batch": (4096, 1, None),
+    "steps": (3, 1, None),
+    "k": (8, 1, ("cached",)),
+    "refresh_every": (100, 1, ("cached",)),
+    "ortsae_chunk": (1024, 2, ("ortsae",)),
+    "stage_size": (1024, 2, ("incremental",)),  # 1 would leave the first stage's latent alone
+    "check_rows": (4096, 1, None),
+    "stale_steps": (0, 0, ("cached",)),
+    "threads": (2, 1, None),
+}
+DEFAULT_METHODS = "naive,active,chunked,cached,ortsae,incremental"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_cli(a: argparse.Namespace) -> list[str]:
+    """Check the options before any timing starts; fill in defaults. Returns the methods.
+
+    Every value is range-checked, and an option given explicitly that nothing in this run uses is
+    an error instead of being silently ignored."""
+    given = {name for name in OPTIONS if getattr(a, name) is not None}
+    if a.quality:
+        extra = [_flag(n) for n in sorted(given)] + ["--methods"] * (a.methods is not None) + ["--scaling"] * a.scaling
+        if extra:
+            raise SystemExit(
+                f"--quality runs a fixed toy setting (1 thread) and takes no other options; got {', '.join(extra)}"
+            )
+        return []
+    methods = [m.strip() for m in (a.methods if a.methods is not None else DEFAULT_METHODS).split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; allowed: {', '.join(METHODS)}")
+    if not methods:
+        raise SystemExit(f"--methods must name at least one method of {', '.join(METHODS)}, got {a.methods!r}")
+    if len(set(methods)) != len(methods):
+        raise SystemExit(f"--methods names a method twice: {a.methods!r}")
+    if a.scaling and "n" in given:
+        raise SystemExit("--n does not apply with --scaling (it runs n = 4096 ... 100,000); drop one of them")
+    for name, (default, low, users) in OPTIONS.items():
+        value = getattr(a, name)
+        if value is None:
+            setattr(a, name, default)
+            continue
+        if users is not None and not set(users) & set(methods):
+            raise SystemExit(
+                f"{_flag(name)} only applies to --methods {' or '.join(users)}, which this run does not include"
+            )
+        if value < low:
+            raise SystemExit(f"{_flag(name)} must be an int >= {low}, got {value}")
+    return methods
 
 
 def _matmul_gflops(batch: int, d: int, n: int, reps: int = 3) -> float:
@@ -265,42 +316,40 @@ def _markdown(df) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=16384)
-    p.add_argument("--d", type=int, default=512)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--methods", default="naive,active,chunked,cached,ortsae,incremental")
-    p.add_argument("--k", type=int, default=8, help="cached: candidates per latent")
-    p.add_argument("--refresh-every", type=int, default=100, help="cached: steps between refreshes")
-    p.add_argument("--ortsae-chunk", type=int, default=1024)
-    p.add_argument("--stage-size", type=int, default=1024, help="incremental: latents per stage")
-    p.add_argument("--check-rows", type=int, default=4096, help="active latents checked against exact")
-    p.add_argument("--stale-steps", type=int, default=0,
-                   help="cached: untimed steps after the timed ones before exactness is checked "
-                        "(refresh-every - 1 - steps checks the stalest candidates)")
-    p.add_argument("--threads", type=int, default=2)
+    helps = {
+        "n": "dictionary size",
+        "k": "cached: candidates per latent",
+        "refresh_every": "cached: steps between refreshes",
+        "ortsae_chunk": "ortsae: rows per random chunk",
+        "stage_size": "incremental: latents per stage",
+        "check_rows": "active latents checked against exact",
+        "stale_steps": "cached: untimed steps after the timed ones before exactness is checked "
+                       "(refresh-every - 1 - steps checks the stalest candidates)",
+    }
+    for name, (default, low, _) in OPTIONS.items():  # default None: tells an option given from one left out
+        p.add_argument(_flag(name), type=int, default=None,
+                       help=f"{helps.get(name, name)} (default {default}, at least {low})")
+    p.add_argument("--methods", default=None, help=f"comma-separated (default {DEFAULT_METHODS})")
     p.add_argument("--scaling", action="store_true", help="n = 4096 ... 100,000 at d = 768: figure + CSV")
     p.add_argument("--quality", action="store_true", help="toy ground-truth recovery per method, then exit")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.quality:
-        print(quality(threads=1))
-        return
     if a.worker:
         kw = json.loads(a.worker)
         print(json.dumps(asdict(run_one(**kw))))
         return
-    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SystemExit(f"--methods: unknown {unknown}; allowed: {', '.join(METHODS)}")
+    methods = _check_cli(a)
+    if a.scaling:  # where the results go, checked before hours of timing
+        check_output_dir("the results folder", RESULTS)
+    if a.quality:
+        print(quality(threads=1))
+        return
     kw = {"d": a.d, "batch": a.batch, "steps": a.steps, "k": a.k, "refresh": a.refresh_every,
               "ortsae_chunk": a.ortsae_chunk, "stage_size": a.stage_size, "check_rows": a.check_rows, "threads": a.threads,
               "stale_steps": a.stale_steps}
     sizes = [4096, 16384, 32768, 65536, 100000] if a.scaling else [a.n]
     all_results = []
     for n in sizes:
-        _args_check(n, a.d, a.batch, a.steps, a.k, a.refresh_every)
         results = benchmark(methods, n=n, **kw)
         all_results += results
         print(report(results), flush=True)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from lib.sae import SAE
+from lib.validation import check_bool, check_float, check_instance, check_int, check_tensor
 
 
 def _models(sae: SAE) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -44,16 +45,15 @@ def duplicate_rows(sae: SAE, n_groups: int, copies: int, noise: float, generator
     Raises:
         ValueError: sizes that do not fit the dictionary, or a negative noise.
     """
-    if not isinstance(n_groups, int) or n_groups < 1:
-        raise ValueError(f"n_groups must be a positive int, got {n_groups!r}")
-    if not isinstance(copies, int) or copies < 2:
-        raise ValueError(f"copies must be an int >= 2, got {copies!r}")
+    check_instance("sae", sae, SAE)
+    n_groups = check_int("n_groups", n_groups, 1)
+    copies = check_int("copies", copies, 2)
+    check_instance("generator", generator, torch.Generator, optional=True)
     if n_groups * copies > sae.cfg.n_latents:
         raise ValueError(
             f"n_groups * copies = {n_groups * copies} exceeds n_latents = {sae.cfg.n_latents}"
         )
-    if not (isinstance(noise, (int, float)) and 0 <= noise < 1):
-        raise ValueError(f"noise must be in [0, 1), got {noise!r}")
+    noise = check_float("noise", noise, 0.0, 1.0, high_open=True)
     for W_enc, b_enc, W_dec in _models(sae):
         for g in range(n_groups):
             src = g * copies
@@ -94,10 +94,16 @@ def plant_blockers(
     Raises:
         ValueError: shapes that do not fit, indices out of range, ``cos`` outside (0, 1).
     """
+    check_instance("sae", sae, SAE)
+    true = check_tensor("true", true)
     if true.ndim != 2 or true.shape[1] != sae.cfg.d:
         raise ValueError(f"true must have shape [F, d={sae.cfg.d}], got {tuple(true.shape)}")
     n_true = true.shape[0]
-    blocked = list(blocked)
+    cos = check_float("cos", cos, 0.0, 1.0, low_open=True, high_open=True)
+    bias = check_float("bias", bias)
+    at_solution = check_bool("at_solution", at_solution)
+    check_instance("generator", generator, torch.Generator, optional=True)
+    blocked = [check_int(f"blocked[{i}]", f) for i, f in enumerate(blocked)]
     if not blocked:
         raise ValueError("blocked must name at least one feature")
     if len(set(blocked)) != len(blocked) or not all(0 <= f < n_true for f in blocked):
@@ -106,8 +112,6 @@ def plant_blockers(
         raise ValueError(
             f"need n_latents >= F + len(blocked) = {n_true + len(blocked)}, got {sae.cfg.n_latents}"
         )
-    if not 0 < cos < 1:
-        raise ValueError(f"cos must be in (0, 1), got {cos!r}")
     t = true / true.norm(dim=1, keepdim=True)
     blockers = [n_true + j for j in range(len(blocked))]
     for W_enc, b_enc, W_dec in _models(sae):
@@ -139,7 +143,9 @@ def orthogonal_encoder_composed_decoder(sae: SAE, true: Tensor, pairs: Sequence[
         true: [F, d] true feature directions, F <= n_latents.
         pairs: disjoint (a, b) feature index pairs.
     """
-    n_true = true.shape[0]
+    check_instance("sae", sae, SAE)
+    true = check_tensor("true", true)
+    n_true = true.shape[0] if true.ndim else 0
     if true.ndim != 2 or true.shape[1] != sae.cfg.d or n_true > sae.cfg.n_latents:
         raise ValueError(f"true must have shape [F <= {sae.cfg.n_latents}, {sae.cfg.d}], got {tuple(true.shape)}")
     used = [i for p in pairs for i in p]

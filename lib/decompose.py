@@ -37,6 +37,16 @@ import torch
 from scipy.optimize import nnls
 from torch import Tensor
 
+from lib.validation import (
+    ParameterTypeError,
+    check_bool,
+    check_float,
+    check_instance,
+    check_int,
+    check_tensor,
+    is_int,
+)
+
 # A larger support must beat a smaller one by more than this (in cosine) to be preferred, so an
 # exact a + b is reported as {a, b} and not as {a, b, c} with a rounding-noise coefficient on c.
 _TIE = 1e-9
@@ -74,7 +84,7 @@ class Decomposition:
 
 def unit_rows(name: str, a: Tensor | np.ndarray, ndim: int = 2) -> Tensor:
     """Validate and normalise. a: [rows, d] (or [d] with ndim=1) -> float64 unit rows [rows, d]."""
-    a = torch.as_tensor(a).detach().to("cpu", torch.float64)
+    a = check_tensor(name, a, finite=False, arrays=True).detach().to("cpu", torch.float64)
     shape = "[d]" if ndim == 1 else "[rows, d]"
     if a.ndim != ndim or a.numel() == 0:
         raise ValueError(f"{name} must be a non-empty {ndim}-D {shape} array, got shape {tuple(a.shape)}")
@@ -88,11 +98,8 @@ def unit_rows(name: str, a: Tensor | np.ndarray, ndim: int = 2) -> Tensor:
     return a / norms
 
 
-def _check_search(max_terms: int, n_candidates: int) -> None:
-    if not isinstance(max_terms, int) or isinstance(max_terms, bool) or max_terms < 1:
-        raise ValueError(f"max_terms must be an int >= 1, got {max_terms!r}")
-    if not isinstance(n_candidates, int) or isinstance(n_candidates, bool) or n_candidates < 1:
-        raise ValueError(f"n_candidates must be an int >= 1, got {n_candidates!r}")
+def _check_search(max_terms: int, n_candidates: int) -> tuple[int, int]:
+    return check_int("max_terms", max_terms, 1), check_int("n_candidates", n_candidates, 1)
 
 
 def _subset_fits(G: np.ndarray, b: np.ndarray, valid: np.ndarray, subsets: np.ndarray) -> np.ndarray:
@@ -182,8 +189,10 @@ def _refit(target: np.ndarray, D: np.ndarray, support: tuple[int, ...], single_c
 
 def _check_exclude(exclude: Sequence[int], n: int) -> list[int]:
     out = []
+    if isinstance(exclude, (str, bytes)) or not isinstance(exclude, (Sequence, np.ndarray, range)):
+        raise ParameterTypeError(f"exclude must be a sequence of row indices, got {exclude!r}")
     for j in exclude:
-        if isinstance(j, bool) or not isinstance(j, (int, np.integer)) or not 0 <= j < n:
+        if not is_int(j) or not 0 <= j < n:
             raise ValueError(f"exclude must hold row indices in [0, {n}), got {j!r}")
         out.append(int(j))
     return sorted(set(out))
@@ -209,7 +218,8 @@ def decompose_rows(
     Returns:
         One :class:`Decomposition` per row of ``rows``.
     """
-    _check_search(max_terms, n_candidates)
+    max_terms, n_candidates = _check_search(max_terms, n_candidates)
+    exclude_self = check_bool("exclude_self", exclude_self)
     T = unit_rows("rows", rows)
     D = unit_rows("dictionary", dictionary)
     if T.shape[1] != D.shape[1]:
@@ -249,11 +259,8 @@ def decompose(
     return decompose_rows(t, dictionary, max_terms, False, n_candidates, exclude)[0]
 
 
-def _check_unit_interval(name: str, value: float, closed_low: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not (0 <= value <= 1 if closed_low else 0 < value <= 1):
-        interval = "[0, 1]" if closed_low else "(0, 1]"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+def _check_unit_interval(name: str, value: float, closed_low: bool) -> float:
+    return check_float(name, value, 0.0, 1.0, low_open=not closed_low)
 
 
 def is_combination(
@@ -269,12 +276,10 @@ def is_combination(
     Fragile by construction: the sum of two rows at cosine rho has cosine sqrt((1 + rho) / 2) with
     each of them (0.95 at rho = 0.8), so sums of strongly aligned rows fail the margin.
     """
-    _check_unit_interval("fit_tol", fit_tol, closed_low=False)
-    _check_unit_interval("margin", margin, closed_low=True)
-    if not (isinstance(min_share, (int, float)) and 0 <= min_share <= 0.5):
-        raise ValueError(
-            f"min_share must be in [0, 0.5] (two rows must be able to carry it), got {min_share!r}"
-        )
+    check_instance("dec", dec, Decomposition)
+    fit_tol = _check_unit_interval("fit_tol", fit_tol, closed_low=False)
+    margin = _check_unit_interval("margin", margin, closed_low=True)
+    min_share = check_float("min_share (two rows must be able to carry it)", min_share, 0.0, 0.5)
     major = int((dec.shares >= min_share).sum()) if len(dec.support) else 0
     return major >= 2 and dec.cos >= fit_tol and dec.cos - dec.single_cos >= margin
 

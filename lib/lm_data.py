@@ -23,6 +23,7 @@ from torch import Tensor
 
 from lib import activations, corpus, lm
 from lib.paths import CACHE
+from lib.validation import check_bool, check_int, check_str, is_int
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,16 @@ class LMDataConfig:
     fallback: bool = True
 
     def __post_init__(self) -> None:
-        if not self.layers or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in self.layers):
+        check_str("model", self.model)
+        check_str("revision", self.revision, optional=True)
+        ok = isinstance(self.layers, (tuple, list)) and self.layers and all(is_int(x) and x >= 0 for x in self.layers)
+        if not ok:
             raise ValueError(f"layers must be a non-empty tuple of ints >= 0, got {self.layers!r}")
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         for name in ("context", "train_tokens", "eval_tokens", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
+        check_str("device", self.device)
+        object.__setattr__(self, "fallback", check_bool("fallback", self.fallback))
         if self.context < 2:
             raise ValueError(f"context must be >= 2 (position 0 is dropped), got {self.context}")
         if self.corpus not in corpus.CORPORA:
@@ -148,6 +153,7 @@ def prepare(cfg: LMDataConfig, root: str | Path | None = None, progress: bool = 
 
 def stacked_sampler(store: activations.ActivationStore, n_models: int | None, scale: float):
     """``batch -> [n_models, batch, d]`` (independent rows per model), or ``[batch, d]`` for None."""
+    n_models = check_int("n_models", n_models, 1, optional=True)
     draw = store.sampler(scale)
     if n_models is None:
         return draw

@@ -22,6 +22,7 @@ from torch import Tensor
 from lib import lm
 from lib.recipe import geometric_median
 from lib.sae import SAE, SAEConfig
+from lib.validation import check_instance, check_int, check_tensor
 
 # A latent firing on more than this fraction of tokens is "dense" (it behaves like a bias).
 DENSE_FRACTION = 0.1
@@ -42,10 +43,15 @@ def activation_metrics(sae: SAE, x: Tensor, batch: int = 8192) -> dict[str, floa
         equally here), dead (fraction of latents that never fire on x), dense (fraction firing on
         more than ``DENSE_FRACTION`` of tokens), mse (squared error per token).
     """
+    check_instance("sae", sae, SAE)
     if sae.stacked:
         raise ValueError("activation_metrics needs a single SAE; use sae.select(i) for a stack")
+    check_tensor("x", x)
     if x.ndim != 2 or x.shape[1] != sae.cfg.d:
         raise ValueError(f"x must have shape [N, {sae.cfg.d}], got {tuple(x.shape)}")
+    if len(x) < 2:
+        raise ValueError(f"x must hold N >= 2 rows to have a variance, got {tuple(x.shape)}")
+    batch = check_int("batch", batch, 1)
     fires = torch.zeros(sae.cfg.n_latents)
     sq_err_dim = torch.zeros(sae.cfg.d, dtype=torch.float64)
     l0_sum, n = 0.0, 0
@@ -60,6 +66,8 @@ def activation_metrics(sae: SAE, x: Tensor, batch: int = 8192) -> dict[str, floa
     xs = x.double()
     var_dim = (xs - xs.mean(0)).square().sum(0)
     sq_err = sq_err_dim.sum().item()
+    if not var_dim.sum().item() > 100 * torch.finfo(torch.float32).eps ** 2 * xs.square().sum().item():
+        raise ValueError("x has no variance over its rows: the fraction of variance explained is undefined")
     freq = fires / n
     return {
         "l0": l0_sum / n,

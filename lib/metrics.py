@@ -20,6 +20,7 @@ from scipy.signal import find_peaks
 from torch import Tensor
 
 from lib.ortho import nearest_neighbour_abs_cos
+from lib.validation import ParameterTypeError, check_float, check_int, check_tensor
 
 # Per-feature recovery status (see detect_compositions).
 ALONE, IN_COMBINATION, MISSED = "alone", "in combination", "missed"
@@ -28,27 +29,34 @@ ATOM, COMPOSITION, OTHER = "atom", "composition", "other"
 
 
 def _rows(name: str, a: Tensor | np.ndarray) -> Tensor:
-    a = torch.as_tensor(a).detach().double()
+    """Directions as rows: a non-empty, finite [rows, d] tensor or array without zero rows (a zero
+    row has no direction, and a cosine with it would be a made-up 0)."""
+    a = check_tensor(name, a, finite=False, arrays=True).detach().to("cpu", torch.float64)
     if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"{name} must be a non-empty 2-D [rows, d] array, got shape {tuple(a.shape)}")
     if not torch.isfinite(a).all():
         raise ValueError(f"{name} contains non-finite values")
+    zero = torch.nonzero(a.norm(dim=1) == 0).flatten().tolist()
+    if zero:
+        raise ValueError(f"{name} has rows of norm 0 (no direction), e.g. row(s) {zero[:5]}")
     return a
 
 
-def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
-    """Signed cosine similarity of rows. a: [m, d], b: [n, d] -> [m, n] (float64)."""
-    a, b = _rows("a", a), _rows("b", b)
+def cosine_matrix(a: Tensor, b: Tensor, names: tuple[str, str] = ("a", "b")) -> Tensor:
+    """Signed cosine similarity of rows. a: [m, d], b: [n, d] -> [m, n] (float64).
+
+    ``names`` name the two arguments in error messages."""
+    a, b = _rows(names[0], a), _rows(names[1], b)
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"row dimensions differ: {a.shape[1]} vs {b.shape[1]}")
-    an = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    bn = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        raise ValueError(f"row dimensions differ: {a.shape[1]} vs {b.shape[1]} ({names[0]} vs {names[1]})")
+    an = a / a.norm(dim=1, keepdim=True)
+    bn = b / b.norm(dim=1, keepdim=True)
     return an @ bn.T
 
 
 def mmcs(learned: Tensor, true: Tensor) -> float:
     """Mean over true directions of the max |cos| with any learned direction (both as rows)."""
-    return float(cosine_matrix(true, learned).abs().max(dim=1).values.mean())
+    return float(cosine_matrix(true, learned, ("true", "learned")).abs().max(dim=1).values.mean())
 
 
 def mcc(learned: Tensor, true: Tensor) -> float:
@@ -57,7 +65,7 @@ def mcc(learned: Tensor, true: Tensor) -> float:
     With unequal counts, the min(n_learned, n_true) matched pairs are averaged (as SAELens's
     ``mean_correlation_coefficient``).
     """
-    c = cosine_matrix(learned, true).abs().numpy()
+    c = cosine_matrix(learned, true, ("learned", "true")).abs().numpy()
     r, k = linear_sum_assignment(-c)
     return float(c[r, k].mean())
 
@@ -67,14 +75,14 @@ def feature_recovery(learned: Tensor, true: Tensor) -> tuple[np.ndarray, np.ndar
 
     Returns ``(best_cos [n_true], best_latent [n_true])``.
     """
-    c = cosine_matrix(true, learned).abs()
+    c = cosine_matrix(true, learned, ("true", "learned")).abs()
     best = c.max(dim=1)
     return best.values.numpy(), best.indices.numpy()
 
 
 def matched_angle_error(learned: Tensor, reference: Tensor) -> float:
     """Mean angle in degrees between Hungarian-matched learned and reference directions (signed)."""
-    c = cosine_matrix(learned, reference).clamp(-1, 1)
+    c = cosine_matrix(learned, reference, ("learned", "reference")).clamp(-1, 1)
     ang = torch.rad2deg(torch.arccos(c)).numpy()
     r, k = linear_sum_assignment(ang)
     return float(ang[r, k].mean())
@@ -129,13 +137,12 @@ def detect_compositions(
     set is reported. A feature is *alone* if some latent is its atom, *in combination* if it is
     only a part of compositions, else *missed*.
     """
-    if not 0 < atom_tol <= 1 or not 0 < fit_tol <= 1:
-        raise ValueError(f"atom_tol and fit_tol must be in (0, 1], got {atom_tol}, {fit_tol}")
-    if not isinstance(max_parts, int) or max_parts < 2:
-        raise ValueError(f"max_parts must be an int >= 2, got {max_parts!r}")
-    if not 0 <= min_share < 1:
-        raise ValueError(f"min_share must be in [0, 1), got {min_share}")
-    c = cosine_matrix(learned, true).numpy()  # [n_latents, n_true]
+    atom_tol = check_float("atom_tol", atom_tol, 0.0, 1.0, low_open=True)
+    fit_tol = check_float("fit_tol", fit_tol, 0.0, 1.0, low_open=True)
+    max_parts = check_int("max_parts", max_parts, 2)
+    n_candidates = check_int("n_candidates", n_candidates, 2)
+    min_share = check_float("min_share", min_share, 0.0, 1.0, high_open=True)
+    c = cosine_matrix(learned, true, ("learned", "true")).numpy()  # [n_latents, n_true]
     t = _rows("true", true)
     t = (t / t.norm(dim=1, keepdim=True)).numpy()
     lw = _rows("learned", learned)
@@ -171,28 +178,58 @@ def detect_compositions(
     return CompositionReport(kinds, parts, status)
 
 
+def _codes(codes: Tensor) -> Tensor:
+    codes = check_tensor("codes", codes, (2, 3), arrays=True)
+    if codes.shape[-2] == 0:
+        raise ValueError(f"codes must hold at least one input, got shape {tuple(codes.shape)}")
+    return codes
+
+
 def l0(codes: Tensor) -> Tensor:
-    """Mean number of active latents per input. codes: [(M,) batch, n] -> [(M,)]."""
-    return (codes > 0).float().sum(-1).mean(-1)
+    """Mean number of active latents per input. codes: [(M,) batch, n] -> [(M,)].
+
+    Raises:
+        ValueError: NaN or inf codes (a NaN is not "inactive"), or an empty batch.
+    """
+    return (_codes(codes) > 0).float().sum(-1).mean(-1)
 
 
 def fvu(x: Tensor, x_hat: Tensor) -> Tensor:
     """Fraction of variance unexplained. x, x_hat: [(M,) batch, d] -> [(M,)].
 
     Residual sum of squares over the total sum of squares around the batch mean.
+
+    Raises:
+        ValueError: shapes that differ, non-finite values, fewer than 2 inputs, or inputs ``x``
+            without variance (constant over the batch, up to rounding): FVU is undefined there.
     """
+    x = check_tensor("x", x, (2, 3), arrays=True)
+    x_hat = check_tensor("x_hat", x_hat, (2, 3), arrays=True)
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+    if x.shape[-2] < 2:
+        raise ValueError(f"x must hold at least 2 inputs to have a variance, got shape {tuple(x.shape)}")
     resid = (x - x_hat).square().sum((-1, -2))
     total = (x - x.mean(-2, keepdim=True)).square().sum((-1, -2))
-    return resid / total.clamp_min(1e-12)
+    # Zero up to rounding: the mean itself is only known to ~eps relative, so a variance below
+    # ~eps^2 times the mean square is numerically constant data.
+    eps = torch.finfo(x.dtype).eps if x.is_floating_point() else torch.finfo(torch.float32).eps
+    floor = 100 * eps**2 * x.square().sum((-1, -2))
+    if bool((total <= floor).any()):
+        bad = torch.nonzero((total <= floor).reshape(-1)).flatten().tolist()
+        where = f" (models {bad[:10]})" if x.ndim == 3 else ""
+        raise ValueError(f"x has no variance over the batch{where}: FVU is undefined for constant inputs")
+    return resid / total
 
 
 def dead_fraction(codes: Tensor) -> Tensor:
     """Fraction of latents that never fire on the batch. codes: [(M,) batch, n] -> [(M,)]."""
-    return (codes.amax(-2) <= 0).float().mean(-1)
+    return (_codes(codes).amax(-2) <= 0).float().mean(-1)
 
 
 def nn_abs_cos_distribution(W_dec: Tensor) -> np.ndarray:
     """Nearest-neighbour |cos| of every decoder row. W_dec: [n, d] -> [n] numpy array."""
+    W_dec = check_tensor("W_dec", W_dec, 2, finite=False, arrays=True)
     with torch.no_grad():
         return nearest_neighbour_abs_cos(W_dec.detach().float()).numpy()
 
@@ -205,8 +242,7 @@ def match_fraction(a: Tensor, b: Tensor, threshold: float = 0.7) -> float:
     match one-to-one and require encoder and decoder agreement, so their shared fractions are not
     directly comparable). Signed cosine, since codes are non-negative. a: [n_a, d], b: [n_b, d].
     """
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    threshold = check_float("threshold", threshold, 0.0, 1.0, low_open=True)
     # A small tolerance: a row's cosine with its own copy can round to just below 1.
     return float((cosine_matrix(a, b).max(dim=1).values >= threshold - 1e-12).float().mean())
 
@@ -247,11 +283,14 @@ def histogram_peaks(values: np.ndarray, bins: int = 50, prominence: float = 0.02
     A peak is a local maximum of the normalised histogram (bin masses summing to 1) standing at
     least ``prominence`` above its surroundings (``scipy.signal.find_peaks``); edge bins count.
     """
-    values = np.asarray(values, dtype=float)
+    try:
+        values = np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise ParameterTypeError(f"values must be an array of numbers, got {type(values).__name__}: {e}") from e
     if values.size == 0 or not np.isfinite(values).all():
         raise ValueError("values must be a non-empty array of finite numbers")
-    if not isinstance(bins, int) or bins < 3:
-        raise ValueError(f"bins must be an int >= 3, got {bins!r}")
+    bins = check_int("bins", bins, 3)
+    prominence = check_float("prominence", prominence, 0.0, 1.0)
     # |cos| of duplicated rows can round to just above 1: clip so they land in the last bin.
     mass, edges = np.histogram(np.clip(values, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
     mass = mass / mass.sum()

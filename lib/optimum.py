@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lib.validation import check_float, check_int, check_tensor
+
 
 def best_code_loss(x: Tensor, D: Tensor, b: Tensor, l1: float) -> Tensor:
     """Mean non-negative-lasso objective per decoder.
@@ -34,6 +36,15 @@ def best_code_loss(x: Tensor, D: Tensor, b: Tensor, l1: float) -> Tensor:
     Returns:
         [...] mean over samples of min_{c>=0} ||x - b - c D||^2 + l1 |c|_1.
     """
+    x = check_tensor("x", x, 2)
+    D = check_tensor("D", D, finite=True)
+    b = check_tensor("b", b, finite=True)
+    if x.shape[-1] != 2 or D.ndim < 2 or D.shape[-1] != 2 or b.shape[-1] != 2 or b.shape[:-1] != D.shape[:-2]:
+        raise ValueError(
+            f"best_code_loss needs x: [S, 2], D: [..., n, 2], b: [..., 2], got {tuple(x.shape)}, "
+            f"{tuple(D.shape)}, {tuple(b.shape)}"
+        )
+    l1 = check_float("l1", l1, 0.0)
     y = x - b.unsqueeze(-2)  # [..., S, 2]
     yy = y.square().sum(-1)  # [..., S]
     p = y @ D.transpose(-1, -2)  # [..., S, n]
@@ -88,14 +99,16 @@ def search_optimum(
         refine_steps: Adam steps per refinement.
         grid_samples: samples used to rank grid points (refinement and the returned loss use all).
     """
-    if x.ndim != 2 or x.shape[1] != 2:
+    x = check_tensor("x", x, 2)
+    if x.shape[1] != 2 or x.shape[0] == 0:
         raise ValueError(f"x must be [S, 2], got {tuple(x.shape)}")
-    if not isinstance(n_latents, int) or n_latents < 1:
-        raise ValueError(f"n_latents must be a positive int, got {n_latents!r}")
-    if not l1 > 0:
-        raise ValueError(f"l1 must be > 0, got {l1}")
-    if not 0 < grid_step_deg <= 90:
-        raise ValueError(f"grid_step_deg must be in (0, 90], got {grid_step_deg}")
+    n_latents = check_int("n_latents", n_latents, 1)
+    l1 = check_float("l1", l1, 0.0, low_open=True)
+    grid_step_deg = check_float("grid_step_deg", grid_step_deg, 0.0, 90.0, low_open=True)
+    n_refine = check_int("n_refine", n_refine, 1)
+    refine_steps = check_int("refine_steps", refine_steps, 0)
+    grid_samples = check_int("grid_samples", grid_samples, 1)
+    chunk = check_int("chunk", chunk, 1)
     grid = torch.deg2rad(torch.arange(0.0, 360.0, grid_step_deg))
     idx = torch.tensor(list(combinations(range(len(grid)), n_latents)))
     theta = grid[idx]  # [C, n]
@@ -127,4 +140,7 @@ def search_optimum(
 
 def angles_deg(rows: Tensor) -> np.ndarray:
     """Angle of each 2-D row in degrees, in [0, 360)."""
+    rows = check_tensor("rows", rows, 2)
+    if rows.shape[1] != 2:
+        raise ValueError(f"rows must be [n, 2], got {tuple(rows.shape)}")
     return np.mod(np.rad2deg(np.arctan2(rows[:, 1].numpy(), rows[:, 0].numpy())), 360.0)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lib.validation import check_bool, check_choice, check_float, check_instance, check_int, check_tensor
+
 # Rows per block when building |cos| against all rows, so no n x n matrix is held at once.
 DEFAULT_CHUNK = 4096
 # Beyond 1 - _EPS the steep shapes continue along their tangent, so duplicated rows (|cos| = 1)
@@ -109,16 +111,12 @@ class OrthoConfig:
             ("tie_mode", TIE_MODES),
             ("method", METHODS),
         ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not (isinstance(self.tie_tol, (int, float)) and 0 <= self.tie_tol < 1):
-            raise ValueError(f"tie_tol must be in [0, 1), got {self.tie_tol!r}")
+            check_choice(name, getattr(self, name), allowed)
+        object.__setattr__(self, "neighbour_grad", check_bool("neighbour_grad", self.neighbour_grad))
+        object.__setattr__(self, "tie_tol", check_float("tie_tol", self.tie_tol, 0.0, 1.0, high_open=True))
         for name in ("cache_k", "refresh_every", "chunk"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if isinstance(self.ortsae_chunk, bool) or not isinstance(self.ortsae_chunk, int) or self.ortsae_chunk < 2:
-            raise ValueError(f"ortsae_chunk must be an int >= 2, got {self.ortsae_chunk!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
+        object.__setattr__(self, "ortsae_chunk", check_int("ortsae_chunk", self.ortsae_chunk, 2))
 
     def make_cache(self) -> NeighbourCache | None:
         """A fresh neighbour cache for ``method == "cached"`` (else None)."""
@@ -209,9 +207,7 @@ class NeighbourCache:
     """
 
     def __init__(self, k: int = 8, refresh_every: int = 100, chunk: int = DEFAULT_CHUNK):
-        for name, value in (("k", k), ("refresh_every", refresh_every), ("chunk", chunk)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        k, refresh_every, chunk = (check_int(n, v, 1) for n, v in (("k", k), ("refresh_every", refresh_every), ("chunk", chunk)))
         self.k, self.refresh_every, self.chunk = k, refresh_every, chunk
         self.candidates: Tensor | None = None  # [M, n, k] long
         self.refreshed_at: int | None = None
@@ -283,6 +279,18 @@ def _check_rows(rows: Tensor | None, n: int, device: torch.device) -> Tensor:
     return rows
 
 
+def _check_frozen(frozen: Tensor, shape: tuple[int, int], single: bool) -> Tensor:
+    """frozen: bool [n] or [M, n] -> [M, n] (M = 1 for a single matrix)."""
+    check_tensor("frozen", frozen, (1, 2), finite=False)
+    if frozen.dtype != torch.bool:
+        raise ValueError(f"frozen must be a bool mask, got dtype {frozen.dtype}")
+    f3 = frozen.unsqueeze(0) if frozen.ndim == 1 else frozen
+    if f3.shape[-1] != shape[1] or (f3.shape[0] != shape[0] and frozen.ndim != 1):
+        want = f"[{shape[1]}]" if single else f"[{shape[1]}] or [{shape[0]}, {shape[1]}]"
+        raise ValueError(f"frozen must have shape {want}, got {tuple(frozen.shape)}")
+    return f3.expand(shape[0], -1) if frozen.ndim == 1 else f3
+
+
 def nn_abs_cos(
     W: Tensor,
     rows: Tensor | None = None,
@@ -320,15 +328,19 @@ def nn_abs_cos(
         [m] or [M, m] values, differentiable w.r.t. every row of ``W`` that is not frozen.
     """
     norms = _check_matrix(W)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
-        raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+    check_choice("method", method, METHODS)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("tie_mode", tie_mode, TIE_MODES)
+    tie_tol = check_float("tie_tol", tie_tol, 0.0, 1.0, high_open=True)
+    chunk = check_int("chunk", chunk, 1)
+    ortsae_chunk = check_int("ortsae_chunk", ortsae_chunk, 2)
+    check_instance("cache", cache, NeighbourCache, optional=True)
+    check_instance("generator", generator, torch.Generator, optional=True)
     n = W.shape[-2]
     rows = _check_rows(rows, n, W.device)
     squeeze = W.ndim == 2
     W3 = W.unsqueeze(0) if squeeze else W
-    frozen3 = None if frozen is None else (frozen.unsqueeze(0) if frozen.ndim == 1 else frozen)
+    frozen3 = None if frozen is None else _check_frozen(frozen, W3.shape[:2], squeeze)
     # The neighbour search needs no gradient: detached rows and their norms.
     Wd, norms3 = W3.detach(), (norms.unsqueeze(0) if squeeze else norms)
     if len(rows) == 0:
@@ -471,6 +483,12 @@ def ortho_penalty(
         [M] (stacked) or scalar penalty, not yet multiplied by lambda_orth. A model with no
         active latent in the batch gets 0.
     """
+    check_instance("cfg", cfg, OrthoConfig)
+    check_tensor("W_enc", W_enc, (2, 3), finite=False)
+    check_tensor("W_dec", W_dec, (2, 3), finite=False)
+    check_tensor("codes", codes, W_dec.ndim, finite=False)
+    check_instance("cache", cache, NeighbourCache, optional=True)
+    limit = check_int("limit", limit, 1, W_dec.shape[-2], optional=True)
     W = W_dec if cfg.target == "decoder" else W_enc.transpose(-1, -2)
     if active is None:
         active = codes.detach().amax(dim=-2) > 0  # [(M,) n]

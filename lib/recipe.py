@@ -29,31 +29,15 @@ This module holds the pure pieces (schedules, geometric median, resampling, AuxK
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from lib.validation import check_choice, check_float, check_int, check_tensor
+
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
 DECODER_NORMS = ("unit", "free")
-
-
-def _int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
-def _optional_int(name: str, value, low: int) -> None:
-    if value is not None:
-        _int(name, value, low)
-
-
-def _positive_float(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0{' or None' if allow_none else ''}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -94,19 +78,20 @@ class Recipe:
     init_decoder_norm: float | None = None
 
     def __post_init__(self) -> None:
+        def put(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
         for name in ("warmup_steps", "decay_steps", "l1_warmup_steps"):
-            _int(name, getattr(self, name), 0)
+            put(name, check_int(name, getattr(self, name), 0))
         for name in ("b_dec_init_samples", "dead_steps"):
-            _int(name, getattr(self, name), 1)
-        _optional_int("resample_every", self.resample_every, 1)
-        _optional_int("aux_k", self.aux_k, 1)
-        _positive_float("grad_clip", self.grad_clip, allow_none=True)
-        _positive_float("aux_coeff", self.aux_coeff)
-        _positive_float("init_decoder_norm", self.init_decoder_norm, allow_none=True)
-        if self.b_dec_init not in B_DEC_INITS:
-            raise ValueError(f"b_dec_init must be one of {B_DEC_INITS}, got {self.b_dec_init!r}")
-        if self.decoder_norm not in DECODER_NORMS:
-            raise ValueError(f"decoder_norm must be one of {DECODER_NORMS}, got {self.decoder_norm!r}")
+            put(name, check_int(name, getattr(self, name), 1))
+        for name in ("resample_every", "aux_k"):
+            put(name, check_int(name, getattr(self, name), 1, optional=True))
+        put("grad_clip", check_float("grad_clip", self.grad_clip, 0.0, low_open=True, optional=True))
+        put("aux_coeff", check_float("aux_coeff", self.aux_coeff, 0.0, low_open=True))
+        put("init_decoder_norm", check_float("init_decoder_norm", self.init_decoder_norm, 0.0, low_open=True, optional=True))
+        check_choice("b_dec_init", self.b_dec_init, B_DEC_INITS)
+        check_choice("decoder_norm", self.decoder_norm, DECODER_NORMS)
         if self.init_decoder_norm is not None and self.decoder_norm != "free":
             raise ValueError("init_decoder_norm needs decoder_norm='free' (unit rows are renormalised at once)")
         if self.resample_every is not None and self.dead_steps > self.resample_every:
@@ -117,6 +102,7 @@ class Recipe:
 
     def check_steps(self, steps: int) -> None:
         """Schedules must fit into ``steps`` (called by :class:`lib.train.TrainConfig`)."""
+        steps = check_int("steps", steps, 1)
         if self.warmup_steps + self.decay_steps > steps:
             raise ValueError(
                 f"warmup_steps={self.warmup_steps} + decay_steps={self.decay_steps} must not exceed "
@@ -127,6 +113,7 @@ class Recipe:
 
     def check_kind(self, kind: str) -> None:
         """Options that only make sense for one SAE kind (called before any training)."""
+        check_choice("kind", kind, ("relu", "topk"))
         if self.resample_every is not None and kind != "relu":
             raise ValueError(f"resample_every is for ReLU SAEs (TopK uses aux_k); got kind={kind!r}")
         if self.aux_k is not None and kind != "topk":
@@ -158,8 +145,8 @@ def lm_recipe(kind: str, steps: int, d: int) -> Recipe:
     for 10% of training) resampled every 20% (ReLU) or trained by AuxK with d/2 latents (TopK)."""
     if kind not in ("relu", "topk"):
         raise ValueError(f"kind must be 'relu' or 'topk', got {kind!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 20:
-        raise ValueError(f"steps must be an int >= 20 for the LM recipe's schedules, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
     dead = max(1, steps // 10)
     return Recipe(
         warmup_steps=steps // 20,
@@ -177,6 +164,9 @@ def lm_recipe(kind: str, steps: int, d: int) -> Recipe:
 def geometric_median(x: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
     """Geometric median of the rows of ``x: [..., S, d]`` -> ``[..., d]`` (Weiszfeld's algorithm,
     started at the mean; stops when no coordinate moves by more than ``tol`` times the scale)."""
+    check_tensor("x", x)
+    iters = check_int("iters", iters, 1)
+    tol = check_float("tol", tol, 0.0)
     if x.ndim < 2 or x.shape[-2] == 0:
         raise ValueError(f"x must have shape [..., S, d] with S >= 1, got {tuple(x.shape)}")
     x = x.float()
@@ -206,6 +196,8 @@ def aux_k_loss(pre: Tensor, W_dec: Tensor, residual: Tensor, dead: Tensor, aux_k
         over the batch), ``e_hat`` decoded (without bias) from the top ``aux_k`` dead latents'
         pre-activations; 0 for a model without dead latents.
     """
+    aux_k = check_int("aux_k", aux_k, 1)
+    coeff = check_float("coeff", coeff, 0.0, low_open=True)
     k = min(aux_k, pre.shape[-1])
     masked = pre.masked_fill(~dead.unsqueeze(-2), float("-inf"))
     vals, idx = masked.topk(k, dim=-1)

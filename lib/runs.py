@@ -33,6 +33,20 @@ from lib.recipe import Recipe, lm_recipe
 from lib.sae import SAE, SAEConfig
 from lib.saelens_io import load_sae_lens, save_sae_lens
 from lib.train import TrainConfig, train
+from lib.validation import (
+    canonical_json,
+    check_callable,
+    check_float,
+    check_instance,
+    check_int,
+    check_output_dir,
+    check_str,
+)
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"name must be a plain non-empty folder name, got {name!r}")
 
 SNAPSHOTS = "snapshots.safetensors"  # parameters during training (TrainConfig.snapshot_steps)
 
@@ -51,12 +65,18 @@ def load_snapshots(folder: str | Path) -> dict[int, dict[str, Tensor]]:
 
 
 def run_key(name: str, sae_cfg: SAEConfig, cfg: TrainConfig, data_key: str, seed: int, scale: float) -> str:
-    """Folder name of a run: ``name`` and a short hash of everything that determines it."""
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"name must be a plain non-empty folder name, got {name!r}")
-    blob = json.dumps(
-        {"fingerprint": cfg.fingerprint(SAE(sae_cfg, torch.Generator())), "data": data_key, "seed": seed, "scale": scale},
-        sort_keys=True,
+    """Folder name of a run: ``name`` and a short hash of everything that determines it.
+
+    The hash is canonical (:func:`lib.validation.canonical`): ``scale=1`` and ``1.0``, ``seed=0`` and
+    ``np.int64(0)``, ``ortho_weight=0`` and ``0.0``, ``lr=(x,)`` and ``x`` name the same run."""
+    _check_name(name)
+    check_instance("sae_cfg", sae_cfg, SAEConfig)
+    check_instance("cfg", cfg, TrainConfig)
+    check_str("data_key", data_key)
+    seed = check_int("seed", seed, 0)
+    scale = check_float("scale", scale, 0.0, low_open=True)
+    blob = canonical_json(
+        {"fingerprint": cfg.fingerprint(SAE(sae_cfg, torch.Generator())), "data": data_key, "seed": seed, "scale": scale}
     )
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
@@ -88,11 +108,14 @@ def train_or_load(
     Returns:
         The SAE with the scale folded in, and its training history (name -> array).
     """
+    check_instance("sae_cfg", sae_cfg, SAEConfig)
     if sae_cfg.n_models is not None:
         raise ValueError("train_or_load trains a single SAE; got n_models set")
-    if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and np.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
-    folder = Path(root) / run_key(name, sae_cfg, cfg, data_key, seed, scale)
+    scale = check_float("scale", scale, 0.0, low_open=True)
+    check_callable("sample", sample)
+    # Every location is checked before any training (not when the first checkpoint is due).
+    folder = check_output_dir("root", root) / run_key(name, sae_cfg, cfg, data_key, seed, scale)
+    check_output_dir("the run folder", folder)
     done = folder / "history.json"
     if not done.exists():
         # A private RNG stream: the run's data depend on its seed only, and the caller's random
@@ -112,11 +135,20 @@ def train_or_load(
             os.replace(tmp, folder / SNAPSHOTS)
         history = {k: np.asarray(v).tolist() for k, v in result.history.items()}
         tmp = done.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(history))
-        os.replace(tmp, done)  # written last: its presence marks a finished run
+        try:
+            tmp.write_text(json.dumps(history))
+            os.replace(tmp, done)  # written last: its presence marks a finished run
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         (folder / "checkpoint.pt").unlink(missing_ok=True)
     sae, _ = load_sae_lens(folder / "sae")
-    history = {k: np.asarray(v) for k, v in json.loads(done.read_text()).items()}
+    try:
+        history = {k: np.asarray(v) for k, v in json.loads(done.read_text()).items()}
+    except (ValueError, AttributeError) as e:
+        raise ValueError(
+            f"{done} is damaged ({e}); delete the run folder {folder} to train the run again"
+        ) from e
     return sae, history
 
 
@@ -151,14 +183,14 @@ class LMSAESpec:
     snapshots: int = 4
 
     def __post_init__(self) -> None:
+        _check_name(self.name)
         for pname in ("tokens", "batch_size"):
-            v = getattr(self, pname)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{pname} must be a positive int, got {v!r}")
-        if isinstance(self.snapshots, bool) or not isinstance(self.snapshots, int) or self.snapshots < 0:
-            raise ValueError(f"snapshots must be an int >= 0, got {self.snapshots!r}")
-        if self.recipe is not None and not isinstance(self.recipe, Recipe):
-            raise TypeError(f"recipe must be a lib.recipe.Recipe or None, got {type(self.recipe).__name__}")
+            object.__setattr__(self, pname, check_int(pname, getattr(self, pname), 1))
+        for pname, low, low_open in (("lr", 0.0, True), ("l1_coeff", 0.0, False), ("ortho_weight", None, False)):
+            object.__setattr__(self, pname, check_float(pname, getattr(self, pname), low, low_open=low_open))
+        object.__setattr__(self, "snapshots", check_int("snapshots", self.snapshots, 0))
+        if self.recipe is not None:
+            check_instance("recipe", self.recipe, Recipe)
         self.configs(2)  # validates kind, k, n_latents, lr, l1_coeff, ortho_weight, recipe
 
     @property

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lib.validation import check_choice, check_instance, check_int, check_tensor
+
 SAE_KINDS = ("relu", "topk")
 
 
@@ -30,7 +32,7 @@ class SAEConfig:
         d: input dimension.
         n_latents: dictionary size.
         kind: ``"relu"`` (ReLU encoder, trained with an L1 penalty) or ``"topk"``.
-        k: active latents per input for ``"topk"``; ignored for ``"relu"``.
+        k: active latents per input for ``"topk"``; must be None for ``"relu"``.
         n_models: number of stacked independent models, or None for a single SAE.
     """
 
@@ -42,17 +44,13 @@ class SAEConfig:
 
     def __post_init__(self) -> None:
         for name in ("d", "n_latents"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.kind not in SAE_KINDS:
-            raise ValueError(f"kind must be one of {SAE_KINDS}, got {self.kind!r}")
-        if self.kind == "topk" and (not isinstance(self.k, int) or not 1 <= self.k <= self.n_latents):
-            raise ValueError(
-                f"k must be an int in [1, n_latents={self.n_latents}] for kind='topk', got {self.k!r}"
-            )
-        if self.n_models is not None and (not isinstance(self.n_models, int) or self.n_models <= 0):
-            raise ValueError(f"n_models must be a positive int or None, got {self.n_models!r}")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
+        check_choice("kind", self.kind, SAE_KINDS)
+        if self.kind == "topk":
+            object.__setattr__(self, "k", check_int("k", self.k, 1, self.n_latents))
+        elif self.k is not None:
+            raise ValueError(f"k is only used with kind='topk'; pass k=None for kind={self.kind!r}, got k={self.k!r}")
+        object.__setattr__(self, "n_models", check_int("n_models", self.n_models, 1, optional=True))
 
 
 class SAE(nn.Module):
@@ -66,6 +64,8 @@ class SAE(nn.Module):
 
     def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None):
         super().__init__()
+        check_instance("cfg", cfg, SAEConfig)
+        check_instance("generator", generator, torch.Generator, optional=True)
         self.cfg = cfg
         lead = () if cfg.n_models is None else (cfg.n_models,)
         # Decoder rows: random unit vectors; encoder initialised as the decoder's transpose
@@ -99,6 +99,9 @@ class SAE(nn.Module):
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes: [(M,) batch, n] -> reconstruction [(M,) batch, d]."""
+        check_tensor("codes", codes, 3 if self.stacked else 2, finite=False)
+        if codes.shape[-1] != self.cfg.n_latents:
+            raise ValueError(f"codes must have n_latents={self.cfg.n_latents} as last dim, got shape {tuple(codes.shape)}")
         return codes @ self.W_dec + self.b_dec.unsqueeze(-2)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -124,6 +127,7 @@ class SAE(nn.Module):
         """The ``i``-th model of a stack as a single (un-stacked) SAE with copied weights."""
         if not self.stacked:
             raise ValueError("select() needs a stacked SAE (cfg.n_models is None)")
+        i = check_int("i", i)
         if not 0 <= i < self.cfg.n_models:
             raise IndexError(f"model index must be in [0, {self.cfg.n_models}), got {i}")
         # A private generator: the init is overwritten below, and drawing it from the global
@@ -136,9 +140,12 @@ class SAE(nn.Module):
         return single
 
     def _check_input(self, x: Tensor) -> None:
+        check_tensor("x", x, finite=False)
         want = 3 if self.stacked else 2
         if x.ndim != want or x.shape[-1] != self.cfg.d:
             lead = f"[{self.cfg.n_models}, batch, " if self.stacked else "[batch, "
             raise ValueError(f"x must have shape {lead}{self.cfg.d}], got {tuple(x.shape)}")
         if self.stacked and x.shape[0] != self.cfg.n_models:
             raise ValueError(f"x must have n_models={self.cfg.n_models} as dim 0, got {x.shape[0]}")
+        if x.dtype != self.W_enc.dtype:
+            raise ValueError(f"x must have the SAE's dtype {self.W_enc.dtype}, got {x.dtype}; convert it (e.g. x.float())")

@@ -13,14 +13,20 @@ the saved SAE works on raw activations: with ``W_enc' = s W_enc``, ``b_dec' = b_
 ``decode'(c) = (c W_dec + b_dec) / s`` (the reconstruction in raw units). Decoder rows then have
 norm ``1 / s`` instead of 1.
 
+Writing never deletes or overwrites what it did not write: the files go into a fresh temporary
+folder first, then only ``cfg.json`` and ``sae_weights.safetensors`` are moved into the destination
+(other files there are left alone; an SAE folder not written by :func:`save_sae_lens` is refused).
+``cfg.json`` records the sha256 of the weights file (``metadata.weights_sha256``), so
+:func:`load_sae_lens` refuses damaged weights, or weights and config of two different saves.
+
 This module does not import sae_lens (a slow import); the tests load our folders with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
-import math
 import os
 import secrets
 import shutil
@@ -30,6 +36,7 @@ import safetensors.torch
 import torch
 
 from lib.sae import SAE, SAEConfig
+from lib.validation import check_float, check_instance, check_output_dir
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -53,23 +60,31 @@ def save_sae_lens(
 
     Args:
         sae: a single (not stacked) SAE.
-        folder: destination; replaced atomically if it exists (written to a temporary sibling,
-            then renamed).
+        folder: destination folder, created if missing. If it exists, only the two SAELens files
+            are replaced (each atomically, weights first); other files in it are kept. An
+            existing ``cfg.json`` that :func:`save_sae_lens` did not write is refused.
         input_scale: ``s`` if the SAE was trained on ``s * x``; folded into the weights.
         metadata: SAELens metadata to record, e.g. ``model_name``, ``hook_name``
             (``"blocks.{layer}.hook_resid_post"``), ``context_size``, ``dataset_path``; must be
             JSON-serialisable. ``input_scale`` is recorded as ``input_scale_folded``.
+
+    Raises:
+        ValueError: a stacked SAE, a bad scale or metadata, ``folder`` is a file or holds an SAE
+            this function did not write (nothing is written then).
+        OSError: a write failed (e.g. a full disk); no temporary folder is left behind and an
+            existing save in ``folder`` is unchanged unless the failure came between the two renames
+            (then ``load_sae_lens`` refuses the mixed folder by its weights hash).
     """
+    check_instance("sae", sae, SAE)
     if sae.stacked:
         raise ValueError(
             f"sae is a stack of {sae.cfg.n_models} models; select one first (sae.select(i))"
         )
-    ok_type = isinstance(input_scale, (int, float)) and not isinstance(input_scale, bool)
-    if not ok_type or not math.isfinite(input_scale) or input_scale <= 0:
-        raise ValueError(f"input_scale must be a finite number > 0, got {input_scale!r}")
+    s = check_float("input_scale", input_scale, 0.0, low_open=True)
     if metadata is not None and not isinstance(metadata, dict):
         raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
-    s = float(input_scale)
+    folder = check_output_dir("folder", folder)
+    _check_replaceable(folder)
     with torch.no_grad():
         weights = {
             "W_enc": sae.W_enc.detach() * s,
@@ -80,8 +95,10 @@ def save_sae_lens(
     weights = {k: v.cpu().contiguous() for k, v in weights.items()}
     dtype = str(sae.W_enc.dtype).removeprefix("torch.")
     version = _sae_lens_version()
+    blob = safetensors.torch.save(weights)
     meta = {"sae_lens_version": version, "sae_lens_training_version": version, **(metadata or {})}
     meta["input_scale_folded"] = s
+    meta["weights_sha256"] = hashlib.sha256(blob).hexdigest()
     cfg = {
         "architecture": ARCHITECTURES[sae.cfg.kind],
         "d_in": sae.cfg.d,
@@ -100,24 +117,52 @@ def save_sae_lens(
     except TypeError as e:
         raise ValueError(f"metadata must be JSON-serialisable: {e}") from e
 
-    folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         tmp.mkdir()
-        safetensors.torch.save_file(weights, str(tmp / WEIGHTS_FILE))
-        (tmp / CFG_FILE).write_text(text)
-        if folder.exists():  # rename cannot replace a non-empty folder: move it aside first
-            old = folder.with_name(f"{folder.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+        for name, data in ((WEIGHTS_FILE, blob), (CFG_FILE, text.encode())):
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        if folder.exists():  # move only our own files in; whatever else is there stays
+            for name in (WEIGHTS_FILE, CFG_FILE):  # cfg last: it names the weights' hash
+                os.replace(tmp / name, folder / name)
+            tmp.rmdir()
         else:
             os.replace(tmp, folder)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(e.errno, f"could not write the SAE to {folder} ({e.strerror or e}); nothing was replaced") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _check_replaceable(folder: Path) -> None:
+    """An existing SAELens file in ``folder`` may only be replaced if :func:`save_sae_lens` wrote it."""
+    cfg_file, w_file = folder / CFG_FILE, folder / WEIGHTS_FILE
+    for f in (cfg_file, w_file):
+        if f.exists() and not f.is_file():
+            raise ValueError(f"folder {folder} holds a folder named {f.name}; move it away or pass another folder")
+    if not cfg_file.exists():
+        if w_file.exists():
+            raise ValueError(
+                f"folder {folder} holds a {WEIGHTS_FILE} without {CFG_FILE}, not written by save_sae_lens; "
+                "it is not replaced: move it away or pass another folder"
+            )
+        return
+    try:
+        ours = "input_scale_folded" in json.loads(cfg_file.read_text()).get("metadata", {})
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise ValueError(
+            f"folder {folder} holds an SAE ({CFG_FILE}) that save_sae_lens did not write; it is not "
+            "replaced: move it away or pass another folder"
+        )
 
 
 def load_sae_lens(folder: str | Path) -> tuple[SAE, dict]:
@@ -128,14 +173,23 @@ def load_sae_lens(folder: str | Path) -> tuple[SAE, dict]:
         :func:`save_sae_lens`), float32, and the cfg.json dict.
 
     Raises:
-        FileNotFoundError: a missing file. ValueError: an unknown architecture, an unsupported
-        option, or tensors with wrong names or shapes.
+        FileNotFoundError: a missing file. ValueError: a damaged ``cfg.json`` or weights file
+        (unreadable, or not matching the weights hash recorded by :func:`save_sae_lens`), an
+        unknown architecture, an unsupported option, or tensors with wrong names or shapes.
     """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"folder must be a path (str or Path), got {type(folder).__name__}")
     folder = Path(folder)
     for name in (CFG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} is missing (a SAELens folder holds {CFG_FILE} and {WEIGHTS_FILE})")
-    cfg = json.loads((folder / CFG_FILE).read_text())
+    try:
+        cfg = json.loads((folder / CFG_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{folder / CFG_FILE} is not valid JSON ({e}); the file is damaged: save the SAE again") from e
+    is_object = isinstance(cfg, dict) and isinstance(cfg.get("metadata", {}), dict)
+    if not is_object:  # the file's content is wrong, not an argument's type: a ValueError
+        raise ValueError(f"{folder / CFG_FILE} must hold a JSON object with a metadata object, got {type(cfg).__name__}")
     arch = cfg.get("architecture")
     kinds = {v: k for k, v in ARCHITECTURES.items()}
     if arch not in kinds:
@@ -150,8 +204,22 @@ def load_sae_lens(folder: str | Path) -> tuple[SAE, dict]:
         k = int(cfg["k"]) if arch == "topk" else None
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{folder / CFG_FILE}: needs integer d_in, d_sae (and k for topk): {e!r}") from e
+    try:
+        sae_cfg = SAEConfig(d, n, kinds[arch], k)
+    except ValueError as e:
+        raise ValueError(f"{folder / CFG_FILE}: {e}") from e
 
-    weights = safetensors.torch.load_file(str(folder / WEIGHTS_FILE))
+    blob = (folder / WEIGHTS_FILE).read_bytes()
+    want = cfg.get("metadata", {}).get("weights_sha256")
+    if want is not None and hashlib.sha256(blob).hexdigest() != want:
+        raise ValueError(
+            f"{folder / WEIGHTS_FILE} does not match the sha256 recorded in {CFG_FILE} (damaged, or the "
+            "files of two different saves, e.g. an interrupted save); save the SAE again"
+        )
+    try:
+        weights = safetensors.torch.load(blob)
+    except Exception as e:  # safetensors raises its own SafetensorError for any malformed file
+        raise ValueError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file ({e}); save the SAE again") from e
     shapes = {"W_enc": (d, n), "b_enc": (n,), "W_dec": (n, d), "b_dec": (d,)}
     if set(weights) != set(shapes):
         raise ValueError(f"{folder / WEIGHTS_FILE}: tensors must be exactly {sorted(shapes)}, got {sorted(weights)}")
@@ -165,7 +233,7 @@ def load_sae_lens(folder: str | Path) -> tuple[SAE, dict]:
     if not cfg.get("apply_b_dec_to_input", True):
         # SAELens encodes x @ W_enc + b_enc; ours subtracts b_dec first, so add it back into b_enc
         w["b_enc"] = w["b_enc"] + w["b_dec"] @ w["W_enc"]
-    sae = SAE(SAEConfig(d, n, kinds[arch], k), generator=torch.Generator())  # init overwritten
+    sae = SAE(sae_cfg, generator=torch.Generator())  # init overwritten
     with torch.no_grad():
         for name, p in sae.named_parameters():
             p.copy_(w[name])

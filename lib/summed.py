@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from lib.decompose import Decomposition, decompose_rows, is_combination, precision_recall, unit_rows
+from lib.validation import check_bool, check_choice, check_float, check_instance, check_int, check_probability
 
 AMPLITUDES = ("uniform", "constant")
 ATOM, PAIR, TRIPLE = "atom", "pair", "triple"
@@ -41,15 +42,8 @@ _KIND = {1: ATOM, 2: PAIR, 3: TRIPLE}
 _ENUMERATE_MAX = 200_000
 
 
-def _check_int(name: str, value: int, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
-def _check_prob(name: str, value: float) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+def _check_int(name: str, value: int, low: int) -> int:
+    return check_int(name, value, low)
 
 
 @dataclass(frozen=True)
@@ -79,17 +73,12 @@ class SummedConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("n_pairs", self.n_pairs, 0)
-        _check_int("n_triples", self.n_triples, 0)
-        _check_int("seed", self.seed, 0)
-        _check_prob("p_atom", self.p_atom)
-        _check_prob("p_sum", self.p_sum)
-        if self.p_part is not None:
-            _check_prob("p_part", self.p_part)
-        if self.amplitude not in AMPLITUDES:
-            raise ValueError(f"amplitude must be one of {AMPLITUDES}, got {self.amplitude!r}")
-        if not isinstance(self.disjoint, bool):
-            raise TypeError(f"disjoint must be a bool, got {self.disjoint!r}")
+        for name in ("n_pairs", "n_triples", "seed"):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 0))
+        for name in ("p_atom", "p_sum", "p_part"):
+            object.__setattr__(self, name, check_probability(name, getattr(self, name), optional=name == "p_part"))
+        check_choice("amplitude", self.amplitude, AMPLITUDES)
+        object.__setattr__(self, "disjoint", check_bool("disjoint", self.disjoint))
 
 
 class SummedBatch(NamedTuple):
@@ -141,6 +130,7 @@ class SummedData:
     """
 
     def __init__(self, atoms: Tensor, cfg: SummedConfig):
+        check_instance("cfg", cfg, SummedConfig)
         self.cfg = cfg
         self._atoms = unit_rows("atoms", atoms).float()
         n = self._atoms.shape[0]
@@ -210,7 +200,7 @@ class SummedData:
 
     def sample_coeffs(self, batch: int) -> Tensor:
         """[batch, n_features] amplitude of every ground-truth feature event (0 when not firing)."""
-        _check_int("batch", batch, 1)
+        batch = _check_int("batch", batch, 1)
         fired = torch.rand(batch, self.n_features) < self.probs
         if self.cfg.amplitude == "uniform":
             return fired * torch.rand(batch, self.n_features)
@@ -239,7 +229,8 @@ class SummedData:
         event), rate (empirical event rate), all_parts_rate (fraction of samples in which every
         part has non-zero amplitude in x, for any reason) and p_all_parts (its exact value).
         """
-        _check_int("n", n, 1)
+        n = _check_int("n", n, 1)
+        seed = _check_int("seed", seed, 0)
         state = torch.get_rng_state()
         torch.manual_seed(seed)
         try:
@@ -341,12 +332,12 @@ def summed_status(
         containing f) and via_parts (the split's major latents are alone-matches of exactly f's
         parts; False otherwise).
     """
+    check_instance("data", data, SummedData)
     L = unit_rows("learned", learned)
     if L.shape[1] != data.d:
         raise ValueError(f"learned has d = {L.shape[1]} but the data have d = {data.d}")
-    for name, tol in (("atom_tol", atom_tol), ("fit_tol", fit_tol)):
-        if not (isinstance(tol, (int, float)) and 0 < tol <= 1):
-            raise ValueError(f"{name} must be in (0, 1], got {tol!r}")
+    atom_tol = check_float("atom_tol", atom_tol, 0.0, 1.0, low_open=True)
+    fit_tol = check_float("fit_tol", fit_tol, 0.0, 1.0, low_open=True)
     c = _cos(data.directions, L)  # [n_features, n_latents]
     best_latent, best_cos = c.argmax(1), c.max(1)
     split = decompose_rows(data.directions, L, max_terms, n_candidates=n_candidates)
@@ -445,11 +436,11 @@ def sum_detection(
     latents for its parts. The same test on the ground-truth directions, each decomposed into the
     atoms (an atom not into itself), is reported as an upper bound.
     """
+    check_instance("data", data, SummedData)
     L = unit_rows("learned", learned)
     if L.shape[1] != data.d:
         raise ValueError(f"learned has d = {L.shape[1]} but the data have d = {data.d}")
-    if not (isinstance(atom_tol, (int, float)) and 0 < atom_tol <= 1):
-        raise ValueError(f"atom_tol must be in (0, 1], got {atom_tol!r}")
+    atom_tol = check_float("atom_tol", atom_tol, 0.0, 1.0, low_open=True)
     kinds, is_sum = data.kinds, data.is_sum
     c = _cos(L, data.directions)  # [n_latents, n_features]
     feature, match_cos = c.argmax(1), c.max(1)

@@ -20,14 +20,26 @@ Randomness comes from the global torch generator, seeded by :func:`lib.reproduci
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from tqdm import TqdmWarning
+
+from lib.validation import (
+    ParameterTypeError,
+    check_bool,
+    check_choice,
+    check_float,
+    check_instance,
+    check_int,
+    check_probability,
+    check_tensor,
+)
 
 with warnings.catch_warnings():
     # sae_lens imports tqdm.auto, which warns in notebook kernels without ipywidgets
@@ -47,14 +59,8 @@ class ToyBatch(NamedTuple):
     coeffs: Tensor
 
 
-def _check_prob(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def _check_positive_int(name: str, value: int) -> int:
+    return check_int(name, value, 1)
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,9 @@ class ToyDataConfig:
             or ``"constant"`` 1.
         p_single: probability that a sample is instead a single one-hot feature (chosen
             uniformly) with a U[0,1) amplitude (Anders et al. experiment 3).
+
+    A parameter that the chosen options do not use (``rho`` without ``structure="copula"``, ``p``
+    with Zipf firing, ...) must keep its default: a ValueError says so instead of ignoring it.
     """
 
     n_features: int
@@ -96,26 +105,24 @@ class ToyDataConfig:
     p_single: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_positive_int("n_features", self.n_features)
-        _check_positive_int("d", self.d)
-        _check_positive_int("block_size", self.block_size)
-        _check_positive_int("set_size", self.set_size)
+        def put(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
+        for name in ("n_features", "d", "block_size", "set_size"):
+            put(name, check_int(name, getattr(self, name), 1))
         for name, allowed in (
             ("embedding", EMBEDDINGS),
             ("firing", FIRINGS),
             ("structure", STRUCTURES),
             ("amplitude", AMPLITUDES),
         ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+            check_choice(name, getattr(self, name), allowed)
         for name in ("p", "p_max", "p_min", "p_set", "p_single"):
-            _check_prob(name, getattr(self, name))
+            put(name, check_probability(name, getattr(self, name)))
+        put("zipf_exponent", check_float("zipf_exponent", self.zipf_exponent, 0.0, low_open=True))
+        put("rho", check_float("rho", self.rho, 0.0, 1.0, high_open=True))
         if self.firing == "zipf" and not 0 < self.p_min < self.p_max:
             raise ValueError(f"zipf firing needs 0 < p_min < p_max, got {self.p_min}, {self.p_max}")
-        if not (isinstance(self.zipf_exponent, (int, float)) and self.zipf_exponent > 0):
-            raise ValueError(f"zipf_exponent must be > 0, got {self.zipf_exponent!r}")
-        if not (isinstance(self.rho, (int, float)) and 0 <= self.rho < 1):
-            raise ValueError(f"rho must be in [0, 1), got {self.rho!r}")
         if self.embedding == "orthogonal" and self.d < self.n_features:
             raise ValueError(
                 f"embedding='orthogonal' needs d >= n_features, got d={self.d} < {self.n_features}; "
@@ -124,6 +131,32 @@ class ToyDataConfig:
         if self.structure == "exclusive_sets" and self.n_features % self.set_size:
             raise ValueError(
                 f"n_features={self.n_features} must be a multiple of set_size={self.set_size}"
+            )
+        self._check_unused()
+
+    def _check_unused(self) -> None:
+        """A parameter the chosen options ignore must keep its default: setting it would
+        otherwise be silently without effect (e.g. ``rho`` without ``structure="copula"``)."""
+        used = {"copula": ("rho", "block_size"), "exclusive_sets": ("set_size", "p_set")}
+        for structure, names in used.items():
+            if self.structure != structure:
+                for name in names:
+                    self._refuse_if_set(name, f"structure={self.structure!r}", f"structure={structure!r}")
+        if self.structure == "exclusive_sets":  # each set fires with p_set: no firing model
+            for name in ("firing", "p", "p_max", "p_min", "zipf_exponent"):
+                self._refuse_if_set(name, "structure='exclusive_sets'", "p_set")
+        elif self.firing == "uniform":
+            for name in ("p_max", "p_min", "zipf_exponent"):
+                self._refuse_if_set(name, "firing='uniform'", "firing='zipf'")
+        else:
+            self._refuse_if_set("p", "firing='zipf'", "p_max and p_min")
+
+    def _refuse_if_set(self, name: str, context: str, instead: str) -> None:
+        default = next(f.default for f in dataclasses.fields(self) if f.name == name)
+        if getattr(self, name) != default:
+            raise ValueError(
+                f"{name}={getattr(self, name)!r} has no effect with {context}; leave it at its "
+                f"default {default!r} or use {instead}"
             )
 
     @property
@@ -152,6 +185,9 @@ class ToyDataConfig:
 
 def random_directions(n: int, d: int, orthogonal: bool, generator: torch.Generator | None = None) -> Tensor:
     """[n, d] unit rows: random orthonormal (needs d >= n) or independent random unit vectors."""
+    n, d = check_int("n", n, 1), check_int("d", d, 1)
+    if check_bool("orthogonal", orthogonal) and d < n:
+        raise ValueError(f"orthogonal directions need d >= n, got d={d} < n={n}")
     g = torch.randn(d, n, generator=generator)
     if orthogonal:
         q, r = torch.linalg.qr(g)
@@ -174,8 +210,12 @@ class ToyData:
         directions: Tensor | None = None,
         generator: torch.Generator | None = None,
     ):
+        check_instance("cfg", cfg, ToyDataConfig)
+        check_instance("generator", generator, torch.Generator, optional=True)
         self.cfg = cfg
         if cfg.embedding == "given":
+            if directions is not None:
+                directions = check_tensor("directions", directions, finite=False, arrays=True)
             if directions is None or tuple(directions.shape) != (cfg.n_features, cfg.d):
                 raise ValueError(
                     f"embedding='given' needs directions of shape ({cfg.n_features}, {cfg.d}), "
@@ -210,7 +250,7 @@ class ToyData:
 
     def sample_coeffs(self, batch: int) -> Tensor:
         """[batch, n_features] non-negative ground-truth coefficients."""
-        _check_positive_int("batch", batch)
+        batch = _check_positive_int("batch", batch)
         cfg = self.cfg
         fired = self._fire(batch)
         if cfg.amplitude == "uniform":
@@ -241,11 +281,10 @@ class SphereData:
     """
 
     def __init__(self, d: int):
-        _check_positive_int("d", d)
-        self.d = d
+        self.d = _check_positive_int("d", d)
 
     def sample(self, batch: int) -> ToyBatch:
-        _check_positive_int("batch", batch)
+        batch = _check_positive_int("batch", batch)
         u = torch.randn(batch, self.d)
         return ToyBatch(torch.rand(batch, 1) * u / u.norm(dim=-1, keepdim=True), torch.empty(batch, 0))
 
@@ -255,6 +294,12 @@ def stack_sampler(datasets: list[ToyData | SphereData], batch: int) -> Tensor:
 
     Consecutive repeats of the same data set are sampled in one call (much faster for stacks).
     """
+    if isinstance(datasets, (str, bytes)) or not isinstance(datasets, Sequence) or not datasets:
+        raise ParameterTypeError(f"datasets must be a non-empty list of data sets (one per model), got {datasets!r}")
+    for i, ds in enumerate(datasets):
+        if not callable(getattr(ds, "sample", None)):
+            raise ParameterTypeError(f"datasets[{i}] must be a data set with a sample(batch) method, got {type(ds).__name__}")
+    batch = _check_positive_int("batch", batch)
     out, i = [], 0
     while i < len(datasets):
         j = i
@@ -289,8 +334,7 @@ def anders_config(experiment: int) -> ToyDataConfig:
     3: as 2, but with probability 0.75 the sample is a single one-hot feature.
     The returned config uses the identity embedding (d = 4); :func:`anders_data` embeds in 2-D.
     """
-    if experiment not in (1, 2, 3):
-        raise ValueError(f"experiment must be 1, 2 or 3, got {experiment!r}")
+    experiment = check_int("experiment", experiment, 1, 3)
     return ToyDataConfig(
         n_features=4,
         d=4,
@@ -315,8 +359,9 @@ def fit_tms_embedding(
         ``(W, loss)``: W: [n_features, d_hidden], row i is feature i's direction in hidden space;
         loss is the final reconstruction MSE.
     """
-    for name, value in (("d_hidden", d_hidden), ("steps", steps), ("batch", batch)):
-        _check_positive_int(name, value)
+    check_instance("data", data, ToyData)
+    d_hidden, steps, batch = (_check_positive_int(n, v) for n, v in (("d_hidden", d_hidden), ("steps", steps), ("batch", batch)))
+    lr = check_float("lr", lr, 0.0, low_open=True)
     f = data.cfg.n_features
     W = torch.nn.Parameter(torch.randn(f, d_hidden) * 0.1)
     b = torch.nn.Parameter(torch.zeros(f))
@@ -334,6 +379,9 @@ def fit_tms_embedding(
 def anders_data(experiment: int, embedding: Tensor) -> ToyData:
     """Anders et al. experiment 1-3 data, embedded with ``embedding: [4, d]`` (e.g. a trained TMS)."""
     base = anders_config(experiment)
+    embedding = check_tensor("embedding", embedding, 2)
+    if embedding.shape[0] != base.n_features:
+        raise ValueError(f"embedding must have shape [4, d] (one row per feature), got {tuple(embedding.shape)}")
     cfg = ToyDataConfig(
         **{**base.__dict__, "d": embedding.shape[1], "embedding": "given"}
     )
@@ -345,6 +393,8 @@ def composed_directions(directions: Tensor, set_size: int) -> Tensor:
 
     directions: [n_sets * set_size, d] -> [set_size ** n_sets, d].
     """
+    directions = check_tensor("directions", directions, 2)
+    set_size = check_int("set_size", set_size, 1)
     f, d = directions.shape
     if f % set_size:
         raise ValueError(f"number of directions {f} is not a multiple of set_size={set_size}")

@@ -13,16 +13,14 @@ warm-up, gradient clipping, dead-latent resampling or AuxK, free decoder norms w
 L1) is off by default.
 
 Checkpoints (model, optimiser, step, history and the global RNG state that drives the data) are
-written to a temporary file and renamed, so an interrupted run never leaves a checkpoint that is
-later trusted; ``train`` resumes from one when its configuration matches and refuses otherwise.
+versioned, hash-checked files (:mod:`lib.checkpoint`) written to a temporary file and renamed, so
+an interrupted run never leaves a checkpoint that is later trusted and a damaged one is refused by
+name; ``train`` resumes from one when its (canonical) configuration matches and refuses otherwise.
+Every argument, the checkpoint folder included, is checked before the first step.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,24 +30,44 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from lib.checkpoint import load_checkpoint, save_checkpoint
 from lib.ortho import BOUNDED_SHAPES, NeighbourCache, OrthoConfig, ortho_penalty
 from lib.recipe import Recipe, aux_k_loss, geometric_median, resample_dead
 from lib.sae import SAE
+from lib.validation import (
+    ParameterTypeError,
+    canonical_json,
+    check_bool,
+    check_callable,
+    check_float,
+    check_instance,
+    check_int,
+    check_numbers,
+    check_output_dir,
+    check_str,
+    check_tensor,
+)
 
 PerModel = float | tuple[float, ...]
 
 
-def _per_model(name: str, value: PerModel, n_models: int | None, positive: bool) -> Tensor:
-    values = value if isinstance(value, (tuple, list)) else (value,)
-    if not values:
-        raise ValueError(f"{name} must not be empty")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"{name} must hold finite numbers, got {v!r}")
-        if positive and v <= 0:
-            raise ValueError(f"{name} must be > 0, got {v!r}")
-        if not positive and name == "l1_coeff" and v < 0:
-            raise ValueError(f"l1_coeff must be >= 0, got {v!r}")
+# Per-model hyperparameters: the lower bound (None: unbounded) and whether it is excluded.
+_PER_MODEL_BOUNDS = {"lr": (0.0, True), "l1_coeff": (0.0, False), "ortho_weight": (None, False)}
+
+
+def _per_model_values(name: str, value: PerModel) -> PerModel:
+    """A per-model hyperparameter checked and normalised: a float, or a tuple of floats."""
+    low, low_open = _PER_MODEL_BOUNDS[name]
+    if isinstance(value, (tuple, list, np.ndarray, Tensor)):
+        return check_numbers(name, value, low, low_open=low_open)
+    return check_float(name, value, low, low_open=low_open)
+
+
+def _per_model(name: str, value: PerModel, n_models: int | None) -> Tensor:
+    """The values of a per-model hyperparameter as a tensor [n_models] (a scalar tensor for a
+    single SAE)."""
+    value = _per_model_values(name, value)
+    values = value if isinstance(value, tuple) else (value,)
     m = 1 if n_models is None else n_models
     if len(values) not in (1, m):
         raise ValueError(f"{name} needs 1 value or one per model (n_models={m}), got {len(values)}")
@@ -95,39 +113,41 @@ class TrainConfig:
     snapshot_steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        def put(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
         for name in ("steps", "batch_size", "log_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            put(name, check_int(name, getattr(self, name), 1))
         for name in ("checkpoint_every", "stage_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        _per_model("lr", self.lr, None if not isinstance(self.lr, tuple) else len(self.lr), True)
-        for name in ("l1_coeff", "ortho_weight"):
-            v = getattr(self, name)
-            _per_model(name, v, None if not isinstance(v, tuple) else len(v), False)
-        if not isinstance(self.recipe, Recipe):
-            raise TypeError(f"recipe must be a lib.recipe.Recipe, got {type(self.recipe).__name__}")
+            put(name, check_int(name, getattr(self, name), 0))
+        for name in _PER_MODEL_BOUNDS:
+            put(name, _per_model_values(name, getattr(self, name)))
+        check_instance("ortho", self.ortho, OrthoConfig)
+        check_instance("recipe", self.recipe, Recipe)
         self.recipe.check_steps(self.steps)
-        if not isinstance(self.snapshot_steps, tuple) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= self.steps for s in self.snapshot_steps
-        ):
-            raise ValueError(f"snapshot_steps must be a tuple of ints in [1, steps={self.steps}], got {self.snapshot_steps!r}")
+        snaps = self.snapshot_steps
+        if isinstance(snaps, (str, bytes)) or not isinstance(snaps, (tuple, list)):
+            raise ParameterTypeError(f"snapshot_steps must be a tuple of ints in [1, steps={self.steps}], got {snaps!r}")
+        put("snapshot_steps", tuple(check_int(f"snapshot_steps[{i}]", s, 1, self.steps) for i, s in enumerate(snaps)))
         weights = self.ortho_weight if isinstance(self.ortho_weight, tuple) else (self.ortho_weight,)
         if min(weights) < 0 and self.ortho.shape not in BOUNDED_SHAPES:
             raise ValueError(
                 f"a negative ortho_weight needs a bounded ortho.shape {BOUNDED_SHAPES}; "
                 f"shape={self.ortho.shape!r} would reward alignment without bound"
             )
+        if self.stage_size == 1 and any(w != 0 for w in weights):
+            raise ValueError(
+                "stage_size=1 leaves the first stage's only latent without a neighbour for the "
+                "orthogonality penalty; use stage_size >= 2 (or 0 for no stages)"
+            )
 
     def fingerprint(self, sae: SAE) -> str:
-        """A string that identifies the run, stored in checkpoints to refuse a mismatched resume."""
-        return json.dumps(
-            {"train": dataclasses.asdict(self), "sae": dataclasses.asdict(sae.cfg)},
-            sort_keys=True,
-            default=str,
-        )
+        """A string that identifies the run, stored in checkpoints to refuse a mismatched resume.
+
+        Canonical: configurations that train the same run give the same string (``0`` and
+        ``0.0``, ``(x,)`` and ``x`` are the same value; see :func:`lib.validation.canonical`).
+        """
+        return canonical_json({"train": self, "sae": sae.cfg})
 
 
 @dataclass
@@ -200,9 +220,12 @@ def loss_terms(
     loss = loss + ortho_w * pen
     terms = {"loss": loss, "recon": recon, "l1": sparsity, "ortho": pen, "l0": fired.float().sum(-1).mean(-1)}
     if cfg.recipe.aux_k is not None and dead is not None:
-        aux = aux_k_loss(pre, sae.W_dec, (x - x_hat).detach(), dead, cfg.recipe.aux_k, cfg.recipe.aux_coeff)
+        if bool(dead.any()):
+            aux = aux_k_loss(pre, sae.W_dec, (x - x_hat).detach(), dead, cfg.recipe.aux_k, cfg.recipe.aux_coeff)
+            terms["loss"] = loss + aux
+        else:  # no dead latent: the AuxK term is 0 (skip its top-k and decode)
+            aux = torch.zeros_like(recon)
         terms["aux"] = aux
-        terms["loss"] = loss + aux
     terms["fired"] = active
     return terms
 
@@ -221,12 +244,6 @@ def _frozen_slices(sae: SAE, start: int, end: int) -> list[tuple[Tensor, Tensor]
 def _restore(frozen: list[tuple[Tensor, Tensor]]) -> None:
     for view, saved in frozen:
         view.copy_(saved)
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def _clip_per_model(params: list[Tensor], max_norm: float, stacked: bool) -> None:
@@ -251,6 +268,8 @@ class Stepper:
     """
 
     def __init__(self, sae: SAE, cfg: TrainConfig):
+        check_instance("sae", sae, SAE)
+        check_instance("cfg", cfg, TrainConfig)
         self.sae, self.cfg = sae, cfg
         cfg.recipe.check_kind(sae.cfg.kind)
         stages = n_stages(cfg, sae.cfg.n_latents)
@@ -261,9 +280,9 @@ class Stepper:
             )
         m = sae.cfg.n_models
         device = sae.W_dec.device
-        self.lr = _per_model("lr", cfg.lr, m, True).to(device)
-        self.l1 = _per_model("l1_coeff", cfg.l1_coeff, m, False).to(device)
-        self.ortho_w = _per_model("ortho_weight", cfg.ortho_weight, m, False).to(device)
+        self.lr = _per_model("lr", cfg.lr, m).to(device)
+        self.l1 = _per_model("l1_coeff", cfg.l1_coeff, m).to(device)
+        self.ortho_w = _per_model("ortho_weight", cfg.ortho_weight, m).to(device)
         # fused: one pass over the parameters per step instead of one per Adam operation
         self.opt = torch.optim.Adam(sae.parameters(), lr=1.0 if m is not None else float(self.lr), fused=True)
         self.cache = cfg.ortho.make_cache() if bool((self.ortho_w != 0).any()) else None
@@ -288,7 +307,7 @@ class Stepper:
 
     def __call__(self, x: Tensor, step: int) -> dict[str, Tensor]:
         sae, cfg, recipe = self.sae, self.cfg, self.cfg.recipe
-        x = x.to(sae.W_dec.device)
+        x = check_tensor("the sampled batch x", x, finite=False).to(sae.W_dec.device)
         stage = stage_bounds(cfg, sae.cfg.n_latents, step)
         if self.cache is not None:  # candidates among the latents that exist in this stage
             self.cache.maybe_refresh(self.ortho_rows()[..., : stage[1], :], step)
@@ -369,18 +388,28 @@ def train(
 
     Raises:
         FloatingPointError: a non-finite loss, naming the step; the last checkpoint is kept.
-        ValueError: a checkpoint in ``checkpoint_dir`` from a different configuration.
+        ValueError: a checkpoint in ``checkpoint_dir`` from a different configuration, or
+            ``checkpoint_dir`` is a file (checked before training).
+        lib.checkpoint.CheckpointError: a damaged, truncated or other-version checkpoint (a
+            ``ValueError``; the message names the file).
+        OSError: a checkpoint could not be written (e.g. a full disk); the previous one is kept.
     """
+    check_callable("sample", sample)
+    check_bool("progress", progress)
+    check_str("desc", desc, empty=True)
     stepper = Stepper(sae, cfg)
     opt, cache = stepper.opt, stepper.cache
-    ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
+    # The output folder is checked before any training, not when the first checkpoint is due.
+    ckpt = None if checkpoint_dir is None else check_output_dir("checkpoint_dir", checkpoint_dir) / "checkpoint.pt"
+    if ckpt is not None and ckpt.is_dir():
+        raise ValueError(f"checkpoint_dir holds a folder named {ckpt.name}: {ckpt}; move it away or pass another folder")
     fingerprint = cfg.fingerprint(sae)
     history: dict[str, list[np.ndarray]] = {}
     snapshots: dict[int, dict[str, Tensor]] = {}
     start = 0
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        if state["fingerprint"] != fingerprint:
+        state = load_checkpoint(ckpt)
+        if state.get("fingerprint") != fingerprint:
             raise ValueError(f"checkpoint {ckpt} is from a different configuration; remove it or use another folder")
         sae.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -398,7 +427,7 @@ def train(
         if ckpt is None:
             return
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        _save_checkpoint(
+        save_checkpoint(
             ckpt,
             {
                 "fingerprint": fingerprint,

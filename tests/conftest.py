@@ -11,6 +11,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property-based tests (tests/test_fuzz.py): reproducible in CI (derandomize: the same examples on
+# every run), no example database written into the checkout, no deadline (the machine is shared,
+# so wall-clock limits would flake), few examples per test to keep the suite fast.
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+# A longer, random search for local use: pytest tests/test_fuzz.py --hypothesis-profile=thorough
+settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=500, derandomize=False)
+settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

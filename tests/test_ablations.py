@@ -24,8 +24,8 @@ F, D, N, SEEDS, STEPS, BATCH = 8, 8, 12, 2, 50, 32
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"name": "", "group": "g"}, "name and group must be non-empty strings"),
-        ({"name": "a", "group": ""}, "name and group must be non-empty strings"),
+        ({"name": "", "group": "g"}, "name must be a non-empty str"),
+        ({"name": "a", "group": ""}, "group must be a non-empty str"),
         ({"name": "t", "group": "base", "kind": "topk"}, "variant 't': kind='topk' needs k"),
     ],
 )

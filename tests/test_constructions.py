@@ -115,8 +115,8 @@ def test_duplicate_rows_documented_cosine():
         ({"n_groups": 1.0}, "n_groups must be a positive int"),
         ({"copies": 1}, "copies must be an int >= 2"),
         ({"n_groups": 3, "copies": 3}, r"n_groups \* copies = 9 exceeds n_latents = 8"),
-        ({"noise": -0.1}, r"noise must be in \[0, 1\)"),
-        ({"noise": 1.0}, r"noise must be in \[0, 1\)"),
+        ({"noise": -0.1}, r"noise must be a number in \[0, 1\)"),
+        ({"noise": 1.0}, r"noise must be a number in \[0, 1\)"),
     ],
 )
 def test_duplicate_rows_errors(kwargs, match):
@@ -228,9 +228,9 @@ def test_blocked_latents_nearest_neighbour_is_their_blocker():
         ((F, D), [-1], 8, 0.9, r"blocked must hold distinct feature indices in \[0, 4\)"),
         ((F, D), [1, 1], 8, 0.9, "blocked must hold distinct feature indices"),
         ((F, D), [0, 1], 5, 0.9, r"need n_latents >= F \+ len\(blocked\) = 6, got 5"),
-        ((F, D), [0], 8, 0.0, r"cos must be in \(0, 1\)"),
-        ((F, D), [0], 8, 1.0, r"cos must be in \(0, 1\)"),
-        ((F, D), [0], 8, -0.5, r"cos must be in \(0, 1\)"),
+        ((F, D), [0], 8, 0.0, r"cos must be a number in \(0, 1\)"),
+        ((F, D), [0], 8, 1.0, r"cos must be a number in \(0, 1\)"),
+        ((F, D), [0], 8, -0.5, r"cos must be a number in \(0, 1\)"),
     ],
 )
 def test_plant_blockers_errors(true_shape, blocked, n_latents, cos, match):

@@ -261,13 +261,13 @@ def test_input_errors():
 
 @pytest.mark.parametrize("max_terms", [0, -1, 1.5, True])
 def test_bad_max_terms(max_terms):
-    with pytest.raises(ValueError, match="max_terms must be an int >= 1"):
+    with pytest.raises(ValueError, match="max_terms must be a positive int"):
         decompose(_random(1, 8)[0], _random(5, 8), max_terms=max_terms)
 
 
 def test_bad_search_and_exclusion_arguments():
     D = _random(5, 8)
-    with pytest.raises(ValueError, match="n_candidates must be an int >= 1"):
+    with pytest.raises(ValueError, match="n_candidates must be a positive int"):
         decompose(D[0], D, n_candidates=0)
     with pytest.raises(ValueError, match=r"exclude must hold row indices in \[0, 5\)"):
         decompose(D[0], D, exclude=[5])

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from lib.checkpoint import load_checkpoint
 from lib.ortho import PENALTY_SHAPES, OrthoConfig
 from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
@@ -200,7 +201,7 @@ def test_train_in_two_stages_via_checkpoint(tmp_path, method):
     init = _latent_params(sae, 0, N)
     with pytest.raises(KeyboardInterrupt):  # during the first step of stage 1
         train(sae, Interrupt(_sample, at=steps // 2 + 1), cfg, checkpoint_dir=tmp_path, progress=False)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["step"] == steps // 2
     stage0 = SAE(SAEConfig(d=D, n_latents=N))
     stage0.load_state_dict(state["model"])
@@ -247,7 +248,7 @@ def test_cached_resume_is_bit_identical(tmp_path, stage_size):
     b = SAE(SAEConfig(d=D, n_latents=N))
     with pytest.raises(KeyboardInterrupt):  # during step 12; the last checkpoint is at step 7
         train(b, Interrupt(_sample, at=13), cfg, checkpoint_dir=tmp_path / "b", progress=False)
-    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert state["step"] == 7
     assert state["cache"]["refreshed_at"] == 4  # mid-cycle: the next refresh is due at step 8
     assert state["cache"]["candidates"] is not None
@@ -261,8 +262,8 @@ def test_cached_resume_is_bit_identical(tmp_path, stage_size):
     for k in ra.history:
         assert (ra.history[k] == rb.history[k]).all(), k
     # the cache itself resumed: same candidates and the same refresh schedule
-    ca = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["cache"]
-    cb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["cache"]
+    ca = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["cache"]
+    cb = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["cache"]
     assert torch.equal(ca["candidates"], cb["candidates"])
     assert (ca["refreshed_at"], ca["n_refreshes"]) == (cb["refreshed_at"], cb["n_refreshes"])
     n_refreshes = 5 if stage_size == 0 else 6  # steps 0, 4, 8, 12, 16 (+ 10: the stage grew)

@@ -76,7 +76,7 @@ def test_match_fraction_threshold_one_matches_exact_copies():
 
 @pytest.mark.parametrize("threshold", [0.0, -0.5, 1.01, float("nan")])
 def test_match_fraction_bad_threshold(threshold):
-    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"threshold must be a number in \(0, 1\]"):
         metrics.match_fraction(torch.eye(3), torch.eye(3), threshold)
 
 

@@ -291,7 +291,7 @@ def test_invalid_atoms_and_sizes():
     antipodal = torch.cat([_orthonormal(1, 8), -_orthonormal(1, 8)])
     with pytest.raises(ValueError, match=r"the sum of atoms \(0, 1\) \(almost\) cancels"):
         SummedData(antipodal, SummedConfig(n_pairs=1))
-    with pytest.raises(ValueError, match="batch must be an int >= 1"):
+    with pytest.raises(ValueError, match="batch must be a positive int"):
         _data().sample(0)
 
 
@@ -301,7 +301,7 @@ def test_scoring_errors():
         summed_status(torch.randn(10, 16), data)
     with pytest.raises(ValueError, match="learned has d = 16"):
         sum_detection(torch.randn(10, 16), data)
-    with pytest.raises(ValueError, match="atom_tol must be in"):
+    with pytest.raises(ValueError, match="atom_tol must be a number in"):
         summed_status(data.directions, data, atom_tol=0.0)
-    with pytest.raises(ValueError, match="atom_tol must be in"):
+    with pytest.raises(ValueError, match="atom_tol must be a number in"):
         sum_detection(data.directions, data, atom_tol=1.2)

@@ -83,9 +83,7 @@ def test_copula_firing_correlation(firing):
         n_features=6,
         d=6,
         firing=firing,
-        p=0.2,
-        p_max=0.4,
-        p_min=0.1,
+        **({"p": 0.2} if firing == "uniform" else {"p_max": 0.4, "p_min": 0.1}),
         structure="copula",
         rho=0.7,
         block_size=3,
@@ -114,7 +112,9 @@ def test_independent_features_uncorrelated():
 
 def test_copula_with_rho_zero_is_independent():
     assert ToyDataConfig(n_features=4, d=4, structure="copula", rho=0.0).correlation_matrix() is None
-    assert ToyDataConfig(n_features=4, d=4, rho=0.5).correlation_matrix() is None  # independent ignores rho
+    # rho without structure="copula" would be ignored: refused instead
+    with pytest.raises(ValueError, match="rho=0.5 has no effect with structure='independent'"):
+        ToyDataConfig(n_features=4, d=4, rho=0.5)
 
 
 # --- exclusive sets, amplitudes, p_single -------------------------------------------------------

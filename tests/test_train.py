@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lib.checkpoint import load_checkpoint
 from lib.ortho import OrthoConfig
 from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
@@ -91,7 +92,7 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(b, interrupted, cfg, checkpoint_dir=tmp_path, progress=False)
     assert interrupted.calls == 13
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["step"] == 10
     assert not torch.equal(b.W_dec, a.W_dec)
 
@@ -163,7 +164,7 @@ def test_nan_raises_with_step_and_keeps_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match=r"step 10\b"):
         train(sae, sample, cfg, checkpoint_dir=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["step"] == 8
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     restored = SAE(SAEConfig(d=D, n_latents=N))
