@@ -41,20 +41,20 @@ def recipes(kind_k: int, steps_256: int, d: int) -> dict[str, dict]:
     LM recipe). ``steps_256`` is the step count at batch 256, for recipes built from the default."""
     default = lm_recipe("relu", steps_256, d)
     return {
+        DEFAULT: {"batch_size": 256, "recipe": None},
+        "TopK, LM recipe with AuxK (default)": {"batch_size": 256, "kind": "topk", "k": kind_k, "recipe": None},
         "plain, batch 1024 (first version)": {"batch_size": 1024, "recipe": Recipe()},
         "plain, batch 256": {"batch_size": 256, "recipe": Recipe()},
-        "plain + b_dec median, batch 256": {"batch_size": 256, "recipe": Recipe(b_dec_init="geometric_median")},
-        DEFAULT: {"batch_size": 256, "recipe": None},
+        "LM recipe, lr 3e-3": {"batch_size": 256, "recipe": None, "lr": 3e-3},
         "LM recipe, L1 x 0.5": {"batch_size": 256, "recipe": None, "l1_scale": 0.5},
         "LM recipe, L1 x 2": {"batch_size": 256, "recipe": None, "l1_scale": 2.0},
-        "LM recipe, lr 3e-3": {"batch_size": 256, "recipe": None, "lr": 3e-3},
-        "LM recipe, no resampling": {"batch_size": 256, "recipe": dataclasses.replace(default, resample_every=None)},
         "LM recipe, free decoder norms (SAELens)": {
             "batch_size": 256,
             "recipe": dataclasses.replace(default, decoder_norm="free", init_decoder_norm=0.1),
         },
+        "LM recipe, no resampling": {"batch_size": 256, "recipe": dataclasses.replace(default, resample_every=None)},
+        "plain + b_dec median, batch 256": {"batch_size": 256, "recipe": Recipe(b_dec_init="geometric_median")},
         "TopK, plain": {"batch_size": 256, "kind": "topk", "k": kind_k, "recipe": Recipe()},
-        "TopK, LM recipe with AuxK (default)": {"batch_size": 256, "kind": "topk", "k": kind_k, "recipe": None},
     }
 
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-tokens", type=int, default=32_768)
     ap.add_argument("--n-latents", type=int, default=2048)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--l1-coeff", type=float, default=1.5)
+    ap.add_argument("--l1-coeff", type=float, default=0.7)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--recipes", nargs="*", default=None, help="names (default: all)")
     ap.add_argument("--device", default="cpu")

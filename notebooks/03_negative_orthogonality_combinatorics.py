@@ -53,7 +53,7 @@ eval_tokens: int = 32_768
 n_latents: int = 2048  # the vanilla reference SAE (notebook 02's)
 batch_size: int = 256
 lr: float = 1e-3
-l1_coeff: float = 1.5
+l1_coeff: float = 0.7
 # Q9, language model: smaller SAEs with negative weights, same recipe
 lm_neg_weights: list = [0.0, -10.0, -100.0]
 lm_latents: int = 1024
