@@ -283,20 +283,23 @@ def by_setting(
     xlabel: str,
     suptitle: str = "",
     hlines: dict[str, dict[str, float]] | None = None,
+    styles: dict[str, dict] | None = None,
 ) -> plt.Figure:
     """Mean ±1 std over seeds of each series at categorical ``settings``, one panel per metric.
 
     panels: metric -> label -> [n_seeds, len(settings)]; hlines: metric -> label -> a horizontal
-    reference (e.g. another method's mean).
+    reference (e.g. another method's mean), dashed; styles: label -> line keyword arguments.
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.6), squeeze=False)
     x = np.arange(len(settings))
     for ax, (title, series) in zip(axes[0], panels.items()):
         for label, ys in series.items():
             ys = np.asarray(ys, dtype=float)
-            ax.errorbar(x, np.nanmean(ys, 0), yerr=np.nanstd(ys, 0), marker="o", capsize=3, label=label)
+            ax.errorbar(x, np.nanmean(ys, 0), yerr=np.nanstd(ys, 0), marker="o", capsize=3, label=label,
+                        **(styles or {}).get(label, {}))
         for i, (label, y0) in enumerate((hlines or {}).get(title, {}).items()):
-            ax.axhline(y0, color=sns.color_palette("dark")[i % 10], ls="--", lw=1, label=label)
+            style = {"color": sns.color_palette("dark")[i % 10], **(styles or {}).get(label, {}), "ls": "--", "lw": 1}
+            ax.axhline(y0, label=label, **style)
         ax.set_xticks(x, [str(s) for s in settings])
         ax.set(xlabel=xlabel, title=title)
     axes[0, -1].legend(fontsize="x-small", loc="best")

@@ -33,13 +33,19 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm import tqdm
+from tqdm import TqdmWarning, tqdm
+
+with warnings.catch_warnings():
+    # sae_lens imports tqdm.auto, which warns in notebook kernels without ipywidgets
+    warnings.simplefilter("ignore", TqdmWarning)
+    import sae_lens.synthetic  # noqa: F401  (imported here once, under the filter)
 
 CACHE = Path(__file__).resolve().parent.parent / "cache" / "synthbench"
 

@@ -321,22 +321,18 @@ class Scorer:
         F, parents = self.features, self.parents
         out["our_mcc"] = metrics.mcc(W, F)
         counter = hr.AbsorptionCounter(W, F, parents) if parents else None
-        resid, active, n = 0.0, 0.0, 0
-        sum_x = sum_x2 = 0.0
+        xs, x_hats, active, n = [], [], 0.0, 0
         with torch.no_grad():
             for x, parent_on, child_on in self.batches:
                 codes = model.encode(x)
                 if counter is not None:
                     counter.add_firing(parent_on, child_on, codes)
-                xd = x.double()
-                resid += float((xd - model.decode(codes).double()).square().sum())
-                sum_x = sum_x + xd.sum(0)
-                sum_x2 += float(xd.square().sum())
+                xs.append(x.cpu())
+                x_hats.append(model.decode(codes).cpu())
                 active += float(metrics.l0(codes)) * x.shape[0]
                 n += x.shape[0]
         out["our_l0"] = active / n
-        # 1 - FVU over all evaluation samples (residual over the total sum of squares about the mean)
-        out["our_fve"] = 1.0 - resid / (sum_x2 - float(sum_x.square().sum()) / n)
+        out["our_fve"] = 1.0 - float(metrics.fvu(torch.cat(xs).double(), torch.cat(x_hats).double()))
         if counter is not None:
             rep = counter.compute()
             lean = hr.lean(W, F, parents)
