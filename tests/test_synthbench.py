@@ -230,3 +230,17 @@ def test_frontier_interpolation_and_paired_difference():
     diff = frontier.paired_difference(table, "f1", "a", "b")
     assert diff["n_seeds"].item() == 3 and diff["diff"].item() == pytest.approx(0.1)
     assert diff["low"].item() == pytest.approx(0.1) and diff["high"].item() == pytest.approx(0.1)
+
+
+def test_live_samples_when_the_cache_would_be_too_large(data):
+    live = sb.prepare(TINY, n_eval=1024, root=data.root, max_cache_gb=0.0, progress=False)
+    assert not live.cached and live.train is None
+    a, b = live.train_source().sample(64), live.train_source().sample(64)
+    assert torch.equal(a, b)  # every consumer of the stream sees the same samples
+    assert not torch.equal(a, live.eval_source().sample(64))  # evaluation has its own stream
+    setup(0, threads=1)
+    ours = sr.train_ours(live, [sr.OurSpec("topk", 4, 1.0, 0)], progress=False)
+    _, rows = sr.PeerJob([sr.PeerSpec("standard", 0.5, 0)], live, background=False).result()
+    scorer = sr.Scorer(live, sb.hierarchy_parents(live.model))
+    for row in [scorer(ours[0]), rows[0]]:
+        assert row["mcc"] == pytest.approx(row["our_mcc"], abs=1e-5) and row["true_l0"] > 0
