@@ -23,6 +23,15 @@ Modules, one concept each:
 - ``saelens_io``: save/load SAEs in the SAELens on-disk format.
 - ``runs``: trained SAEs keyed by configuration (train once, reload), incl. on LM activations.
 - ``ablations``: named variants of the orthogonality loss, trained over seeds, summarised.
+- ``synthbench``: SynthSAEBench (SAELens's ground-truth benchmark): the published 16k config and a
+  proportionally scaled one, the model built locally and cached, samples generated once and
+  cached, SAELens's evaluator on this project's SAEs.
+- ``synthbench_runs``: this project's SAEs and SAELens's own trainers (``SyntheticSAERunner``) on
+  the same samples, scored by SAELens's evaluator and this project's metrics.
+- ``hierarchy_readout``: absorption, leaning and parent/child composition latents from a ground-truth
+  feature hierarchy.
+- ``frontier``: metrics interpolated at common L0 values, paired differences over seeds.
+- ``convergence``: loss plateau and decoder movement from initialisation.
 - ``plotting``: figure helpers (arrays in, figure out) and stable-name saving.
 - ``bench_ortho``: ``python -m lib.bench_ortho``, cost and exactness of the penalty methods.
 """

@@ -293,3 +293,64 @@ def curves_by_tokens(
         fig.suptitle(suptitle)
     fig.tight_layout(rect=(0, 0.12 + 0.04 * (len(names) // 4), 1, 1))
     return fig
+
+
+def frontier(
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+    xlabel: str = "L0 (active latents per sample)",
+    styles: dict[str, dict] | None = None,
+    reference: dict[str, float] | None = None,
+    suptitle: str = "",
+) -> plt.Figure:
+    """Metric-vs-sparsity curves, mean over seeds with ±1 std bars in both directions.
+
+    panels: panel title (the metric) -> label -> (x [n_seeds, n_points], y [n_seeds, n_points]);
+    styles: label -> matplotlib line keyword arguments; reference: label -> x of a vertical line.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.2), squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels.items()):
+        for label, (x, y) in series.items():
+            x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+            ax.errorbar(x.mean(0), y.mean(0), xerr=x.std(0), yerr=y.std(0), label=label, marker="o", ms=4,
+                        capsize=2, **(styles or {}).get(label, {}))
+        for label, x0 in (reference or {}).items():
+            ax.axvline(x0, color="grey", ls=":", lw=1)
+            ax.text(x0, ax.get_ylim()[1], f" {label}", va="top", fontsize="x-small", color="grey")
+        ax.set(xlabel=xlabel, ylabel=title, title=title)
+    axes[0, -1].legend(fontsize="x-small", loc="best")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def by_setting(
+    settings: Sequence[str],
+    panels: dict[str, dict[str, np.ndarray]],
+    xlabel: str,
+    suptitle: str = "",
+    hlines: dict[str, dict[str, float]] | None = None,
+    styles: dict[str, dict] | None = None,
+) -> plt.Figure:
+    """Mean ±1 std over seeds of each series at categorical ``settings``, one panel per metric.
+
+    panels: metric -> label -> [n_seeds, len(settings)]; hlines: metric -> label -> a horizontal
+    reference (e.g. another method's mean), dashed; styles: label -> line keyword arguments.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.6), squeeze=False)
+    x = np.arange(len(settings))
+    for ax, (title, series) in zip(axes[0], panels.items()):
+        for label, ys in series.items():
+            ys = np.asarray(ys, dtype=float)
+            ax.errorbar(x, np.nanmean(ys, 0), yerr=np.nanstd(ys, 0), marker="o", capsize=3, label=label,
+                        **(styles or {}).get(label, {}))
+        for i, (label, y0) in enumerate((hlines or {}).get(title, {}).items()):
+            style = {"color": sns.color_palette("dark")[i % 10], **(styles or {}).get(label, {}), "ls": "--", "lw": 1}
+            ax.axhline(y0, label=label, **style)
+        ax.set_xticks(x, [str(s) for s in settings])
+        ax.set(xlabel=xlabel, title=title)
+    axes[0, -1].legend(fontsize="x-small", loc="best")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig

@@ -104,3 +104,18 @@ def test_status_by_frequency():
     assert len(ax.patches) == 4
     tops = sorted(p.get_y() + p.get_height() for p in ax.patches)
     np.testing.assert_allclose(tops[-2:], [1.0, 1.0])  # stacked to 1
+
+
+def test_frontier_and_by_setting_draw_every_series():
+    x = np.array([[2.0, 4.0, 8.0], [2.2, 4.1, 7.9]])
+    y = np.array([[0.1, 0.2, 0.3], [0.12, 0.22, 0.28]])
+    fig = plotting.frontier({"F1": {"a": (x, y), "b": (x, 1 - y)}}, styles={"a": {"color": "red"}},
+                            reference={"L0*": 5.0})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    assert any(abs(line.get_xdata()[0] - 5.0) < 1e-12 for line in ax.get_lines() if len(line.get_xdata()) == 2)
+    fig = plotting.by_setting(["0", "10"], {"F1": {"L1": np.array([[0.1, 0.2], [0.3, 0.4]])}}, xlabel="λ",
+                              hlines={"F1": {"peer": 0.25}}, styles={"peer": {"color": "green"}})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "10"]
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["L1", "peer"]
