@@ -11,7 +11,9 @@ of the penalty escapes it:
   true features (the blocking failure mode: if the blocker's row cannot move, the penalty pushes
   a latent that learns the feature away from it);
 - :func:`orthogonal_encoder_composed_decoder`: orthogonal encoder directions with composed
-  (non-orthogonal) decoder directions, the case a penalty on encoder rows cannot see.
+  (non-orthogonal) decoder directions, the case a penalty on encoder rows cannot see;
+- :func:`ground_truth_start`: decoder rows at the true features, the reference start for telling
+  an optimum of the objective from a local minimum that training from a random start ends in.
 
 Pure math: imports nothing from training, loading or plotting.
 """
@@ -152,3 +154,32 @@ def orthogonal_encoder_composed_decoder(sae: SAE, true: Tensor, pairs: Sequence[
         W_dec[:n_true] = t
         for a, b in pairs:
             W_dec[a] = (t[a] + t[b]) / (t[a] + t[b]).norm()
+
+
+@torch.no_grad()
+def ground_truth_start(sae: SAE, true: Tensor) -> int:
+    """Start at the ground truth: latent i gets decoder row ``true[i] / |true[i]|`` and encoder
+    column equal to it (the tied init at the true features), with zero encoder and decoder bias,
+    for ``i < min(F, n_latents)``. Latents beyond F keep their random init; with fewer latents than
+    features, the first ``n_latents`` features are used. Training then continues as usual, so the
+    SAE ends in the minimum nearest the ground truth.
+
+    Args:
+        true: [F, d] true feature directions.
+
+    Returns:
+        The number of latents placed at true features.
+    """
+    if true.ndim != 2 or true.shape[1] != sae.cfg.d:
+        raise ValueError(f"true must have shape [F, d={sae.cfg.d}], got {tuple(true.shape)}")
+    norms = true.norm(dim=1, keepdim=True)
+    if (norms == 0).any():
+        raise ValueError("true has a direction of norm 0")
+    k = min(true.shape[0], sae.cfg.n_latents)
+    t = (true / norms)[:k].to(sae.W_dec.dtype)
+    for W_enc, b_enc, W_dec in _models(sae):
+        W_dec[:k] = t
+        W_enc[:, :k] = t.T
+        b_enc[:k] = 0.0
+    sae.b_dec.zero_()
+    return k

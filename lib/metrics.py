@@ -2,8 +2,9 @@
 
 Directions are always given as rows (``learned: [n_latents, d]``, ``true: [n_features, d]``).
 Ground-truth metrics: :func:`mmcs` (Sharkey et al.), :func:`mcc` (Hungarian-matched, as SAELens),
-:func:`feature_recovery`, :func:`matched_angle_error` and the composition detector
-:func:`detect_compositions`. Model-only metrics: :func:`l0`, :func:`fvu`, :func:`dead_fraction`,
+:func:`feature_recovery`, :func:`matched_angle_error` and two composition detectors: geometric
+(:func:`detect_compositions`, decoder directions) and by activation
+(:func:`activation_compositions`, what a latent fires on), compared by :func:`detector_agreement`. Model-only metrics: :func:`l0`, :func:`fvu`, :func:`dead_fraction`,
 :func:`nn_abs_cos_distribution`, :func:`histogram_peaks`. Across runs: :func:`match_fraction`
 (with :func:`mcc`, seed stability). Pure math: nothing here trains, loads or plots.
 """
@@ -46,18 +47,25 @@ def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
     return an @ bn.T
 
 
-def mmcs(learned: Tensor, true: Tensor) -> float:
-    """Mean over true directions of the max |cos| with any learned direction (both as rows)."""
-    return float(cosine_matrix(true, learned).abs().max(dim=1).values.mean())
+def mmcs(learned: Tensor, true: Tensor, signed: bool = False) -> float:
+    """Mean over true directions of the max |cos| with any learned direction (both as rows).
+
+    ``signed``: the max signed cos instead. With non-negative codes a latent pointing at -f
+    cannot represent f, so the signed score tells a feature from its antipode; |cos| cannot.
+    """
+    c = cosine_matrix(true, learned)
+    return float((c if signed else c.abs()).max(dim=1).values.mean())
 
 
-def mcc(learned: Tensor, true: Tensor) -> float:
+def mcc(learned: Tensor, true: Tensor, signed: bool = False) -> float:
     """Mean |cos| of a one-to-one (Hungarian) matching of learned to true directions.
 
     With unequal counts, the min(n_learned, n_true) matched pairs are averaged (as SAELens's
-    ``mean_correlation_coefficient``).
+    ``mean_correlation_coefficient``). ``signed``: match and average the signed cos instead
+    (see :func:`mmcs`).
     """
-    c = cosine_matrix(learned, true).abs().numpy()
+    c = cosine_matrix(learned, true).numpy()
+    c = c if signed else np.abs(c)
     r, k = linear_sum_assignment(-c)
     return float(c[r, k].mean())
 
@@ -169,6 +177,122 @@ def detect_compositions(
         for f in range(t.shape[0])
     ]
     return CompositionReport(kinds, parts, status)
+
+
+@dataclass
+class ActivationCompositionReport:
+    """Result of :func:`activation_compositions`.
+
+    Attributes:
+        latent_kind: [n_latents] ``"composition"`` or ``"other"``.
+        latent_parts: per latent, the features it composes (() when not a composition).
+        rate_together: [n_latents] firing rate on samples where all its parts are active (nan when
+            not a composition).
+        rate_apart: [n_latents] the highest firing rate on samples where one part is missing and
+            the others are active (nan when not a composition).
+    """
+
+    latent_kind: list[str]
+    latent_parts: list[tuple[int, ...]]
+    rate_together: np.ndarray
+    rate_apart: np.ndarray
+
+    @property
+    def n_compositions(self) -> int:
+        return self.latent_kind.count(COMPOSITION)
+
+
+def activation_compositions(
+    codes: Tensor | np.ndarray,
+    coeffs: Tensor | np.ndarray,
+    max_parts: int = 2,
+    n_candidates: int = 4,
+    min_rate: float = 0.5,
+    max_ratio: float = 0.25,
+    min_support: int = 5,
+) -> ActivationCompositionReport:
+    """Which latents are compositions by what they *fire on*, whatever their decoder direction.
+
+    A latent composes the features P (2..``max_parts`` of them) when it fires on samples where all
+    of P are active at a rate ``r_together >= min_rate``, and on samples where any one part of P
+    is missing (the others active) at most ``max_ratio * r_together``: it fires on A and B
+    together and far less on either alone. Candidate parts are the ``n_candidates`` features most
+    often active when the latent fires; every event needs ``min_support`` samples (pairs that
+    never occur apart cannot be tested). The smallest P that passes is reported (the one with the
+    largest ``r_together - r_apart`` among those of that size). The geometric detector
+    :func:`detect_compositions` looks only at decoder directions; :func:`detector_agreement`
+    compares the two.
+
+    Args:
+        codes: [S, n_latents] codes on evaluation samples (> 0 = fires).
+        coeffs: [S, n_features] their ground-truth coefficients (> 0 = active).
+    """
+    codes = np.asarray(torch.as_tensor(codes).detach().cpu())
+    coeffs = np.asarray(torch.as_tensor(coeffs).detach().cpu())
+    if codes.ndim != 2 or coeffs.ndim != 2 or codes.shape[0] != coeffs.shape[0] or codes.shape[0] == 0:
+        raise ValueError(f"codes [S, n] and coeffs [S, F] need the same S > 0, got {codes.shape}, {coeffs.shape}")
+    if not isinstance(max_parts, int) or max_parts < 2:
+        raise ValueError(f"max_parts must be an int >= 2, got {max_parts!r}")
+    if not isinstance(n_candidates, int) or n_candidates < 2:
+        raise ValueError(f"n_candidates must be an int >= 2, got {n_candidates!r}")
+    if not 0 < min_rate <= 1 or not 0 <= max_ratio < 1:
+        raise ValueError(f"need min_rate in (0, 1] and max_ratio in [0, 1), got {min_rate}, {max_ratio}")
+    if not isinstance(min_support, int) or min_support < 1:
+        raise ValueError(f"min_support must be a positive int, got {min_support!r}")
+    fires = codes > 0  # [S, n]
+    active = coeffs > 0  # [S, F]
+    n_fire = fires.sum(0)
+    # P(feature active | latent fires): [n, F]
+    given = (fires.T.astype(np.float64) @ active.astype(np.float64)) / np.maximum(n_fire, 1)[:, None]
+    kinds, parts = [], []
+    together = np.full(codes.shape[1], np.nan)
+    apart = np.full(codes.shape[1], np.nan)
+    for i in range(codes.shape[1]):
+        found: tuple[int, ...] = ()
+        if n_fire[i] >= min_support:
+            cand = [int(j) for j in np.argsort(-given[i], kind="stable")[:n_candidates] if given[i, j] > 0]
+            for size in range(2, min(max_parts, len(cand)) + 1):
+                best = (-np.inf, (), 0.0, 0.0)
+                for subset in combinations(cand, size):
+                    on = active[:, list(subset)]  # [S, size]
+                    all_on = on.all(1)
+                    if all_on.sum() < min_support:
+                        continue
+                    r_all = float(fires[all_on, i].mean())
+                    r_apart, ok = 0.0, True
+                    for j in range(size):
+                        others = np.delete(on, j, axis=1).all(1) & ~on[:, j]
+                        if others.sum() < min_support:
+                            ok = False
+                            break
+                        r_apart = max(r_apart, float(fires[others, i].mean()))
+                    if ok and r_all >= min_rate and r_apart <= max_ratio * r_all and r_all - r_apart > best[0]:
+                        best = (r_all - r_apart, tuple(sorted(subset)), r_all, r_apart)
+                if best[1]:
+                    found, together[i], apart[i] = best[1], best[2], best[3]
+                    break
+        kinds.append(COMPOSITION if found else OTHER)
+        parts.append(found)
+    return ActivationCompositionReport(kinds, parts, together, apart)
+
+
+def detector_agreement(geometric: CompositionReport, by_activation: ActivationCompositionReport) -> dict[str, float]:
+    """How often the geometric and the activation-based detector agree, latent by latent.
+
+    Returns ``agree`` (fraction of latents both call composition or both not), ``both``,
+    ``geometric_only``, ``activation_only`` (counts of latents) and ``same_parts`` (of the latents
+    both call compositions, the fraction with the same parts).
+    """
+    g = np.array([k == COMPOSITION for k in geometric.latent_kind])
+    a = np.array([k == COMPOSITION for k in by_activation.latent_kind])
+    if g.shape != a.shape:
+        raise ValueError(f"the reports cover different latents: {g.shape} vs {a.shape}")
+    both = g & a
+    same = [geometric.latent_parts[i] == by_activation.latent_parts[i] for i in np.flatnonzero(both)]
+    return {
+        "agree": float((g == a).mean()), "both": int(both.sum()), "geometric_only": int((g & ~a).sum()),
+        "activation_only": int((a & ~g).sum()), "same_parts": float(np.mean(same)) if same else float("nan"),
+    }
 
 
 def l0(codes: Tensor) -> Tensor:

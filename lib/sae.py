@@ -14,12 +14,14 @@ Rows of ``W_dec`` are the latent (dictionary) directions, as in SAELens.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 SAE_KINDS = ("relu", "topk")
+INITS = ("tied", "independent")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class SAEConfig:
         kind: ``"relu"`` (ReLU encoder, trained with an L1 penalty) or ``"topk"``.
         k: active latents per input for ``"topk"``; ignored for ``"relu"``.
         n_models: number of stacked independent models, or None for a single SAE.
+        init: ``"tied"`` (encoder = decoder transpose, as SAELens and dictionary_learning) or
+            ``"independent"`` (encoder columns are their own random unit vectors, drawn after the
+            decoder from the same generator, so the decoder is the same as with ``"tied"``).
     """
 
     d: int
@@ -39,6 +44,7 @@ class SAEConfig:
     kind: str = "relu"
     k: int | None = None
     n_models: int | None = None
+    init: str = "tied"
 
     def __post_init__(self) -> None:
         for name in ("d", "n_latents"):
@@ -53,6 +59,19 @@ class SAEConfig:
             )
         if self.n_models is not None and (not isinstance(self.n_models, int) or self.n_models <= 0):
             raise ValueError(f"n_models must be a positive int or None, got {self.n_models!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+
+    def key_fields(self) -> dict:
+        """The fields that identify the architecture in run keys and checkpoint fingerprints.
+
+        ``init`` appears only when it is not the default, so runs keyed before the field existed
+        keep their keys (and their checkpoints stay resumable).
+        """
+        out = dataclasses.asdict(self)
+        if out["init"] == "tied":
+            del out["init"]
+        return out
 
 
 class SAE(nn.Module):
@@ -69,11 +88,15 @@ class SAE(nn.Module):
         self.cfg = cfg
         lead = () if cfg.n_models is None else (cfg.n_models,)
         # Decoder rows: random unit vectors; encoder initialised as the decoder's transpose
-        # (the tied init used by SAELens and dictionary_learning).
+        # (the tied init used by SAELens and dictionary_learning), or independently.
         w_dec = torch.randn(*lead, cfg.n_latents, cfg.d, generator=generator)
         w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)
-        self.W_enc = nn.Parameter(w_dec.transpose(-1, -2).clone())
+        if cfg.init == "tied":
+            self.W_enc = nn.Parameter(w_dec.transpose(-1, -2).clone())
+        else:
+            w_enc = torch.randn(*lead, cfg.n_latents, cfg.d, generator=generator)
+            self.W_enc = nn.Parameter((w_enc / w_enc.norm(dim=-1, keepdim=True)).transpose(-1, -2).contiguous())
         self.b_enc = nn.Parameter(torch.zeros(*lead, cfg.n_latents))
         self.b_dec = nn.Parameter(torch.zeros(*lead, cfg.d))
 
@@ -128,7 +151,7 @@ class SAE(nn.Module):
             raise IndexError(f"model index must be in [0, {self.cfg.n_models}), got {i}")
         # A private generator: the init is overwritten below, and drawing it from the global
         # generator would silently shift every later random draw (data, other models' init).
-        cfg = SAEConfig(self.cfg.d, self.cfg.n_latents, self.cfg.kind, self.cfg.k)
+        cfg = SAEConfig(self.cfg.d, self.cfg.n_latents, self.cfg.kind, self.cfg.k, init=self.cfg.init)
         single = SAE(cfg, generator=torch.Generator())
         with torch.no_grad():
             for name, p in single.named_parameters():

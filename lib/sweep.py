@@ -7,6 +7,7 @@ L1 and orthogonality weight), then evaluated into more columns of the same table
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -19,7 +20,7 @@ from lib import metrics
 from lib.ortho import OrthoConfig
 from lib.sae import SAE, SAEConfig
 from lib.toy import SphereData, ToyData, stack_sampler
-from lib.train import TrainConfig, train
+from lib.train import TrainConfig, TrainResult, train
 
 
 def grid(n_seeds: int, **axes: Sequence) -> pd.DataFrame:
@@ -82,6 +83,8 @@ def train_stack(
     device: str = "cpu",
     progress: bool = False,
     init: Callable[[SAE], None] | None = None,
+    paired: bool = False,
+    init_scheme: str = "tied",
 ) -> SAE:
     """Train one SAE per row of ``rows``, all at once.
 
@@ -93,11 +96,76 @@ def train_stack(
         seed: seed of the decoder initialisation.
         init: edits the freshly initialised SAE in place before training (e.g. a constructed
             starting point from :mod:`lib.constructions`).
+        paired: models with the same ``seed`` column share their initialisation, and models with
+            the same seed and the same data set share every batch (common random numbers), so
+            conditions can be compared seed by seed. Seed ``s`` then starts from, and sees the data
+            of, model ``s`` of an unpaired stack of ``[data] * n_seeds``. Needs a ``seed`` column
+            and one data set per row.
+        init_scheme: :attr:`lib.sae.SAEConfig.init` (``"tied"`` or ``"independent"`` encoder).
+    """
+    return fit_stack(
+        rows, sample, d, n_latents, kind=kind, k=k, steps=steps, batch_size=batch_size, lr=lr, l1=l1,
+        ortho_weight=ortho_weight, ortho=ortho, seed=seed, device=device, progress=progress, init=init,
+        paired=paired, init_scheme=init_scheme,
+    )[0]
+
+
+def _paired(rows: pd.DataFrame, sample: Source) -> tuple[Callable[[int], Tensor], list[int]]:
+    """(sampler sharing batches per (data set, seed), index of each model's seed among the sorted
+    distinct seeds)."""
+    if "seed" not in rows:
+        raise ValueError("paired=True needs a 'seed' column in rows")
+    if callable(sample):
+        raise TypeError("paired=True needs one data set per row, not a sampler callable")
+    datasets = list(sample)
+    if len(datasets) != len(rows):
+        raise ValueError(f"need one data set per row: {len(datasets)} data sets for {len(rows)} rows")
+    seeds = [int(s) for s in rows["seed"]]
+    order = list(dict.fromkeys(id(ds) for ds in datasets))  # data sets in order of first appearance
+    by_id = {id(ds): ds for ds in datasets}
+    keys = [(i, s) for i in order for s in sorted({s for ds, s in zip(datasets, seeds) if id(ds) == i})]
+    pos = {key: j for j, key in enumerate(keys)}
+    idx = torch.tensor([pos[(id(ds), s)] for ds, s in zip(datasets, seeds)])
+    unique = [by_id[i] for i, _ in keys]
+    distinct = sorted(set(seeds))
+    return (lambda batch: stack_sampler(unique, batch)[idx]), [distinct.index(s) for s in seeds]
+
+
+def fit_stack(
+    rows: pd.DataFrame,
+    sample: Source,
+    d: int,
+    n_latents: int,
+    *,
+    kind: str = "relu",
+    k: int | None = None,
+    steps: int = 2000,
+    batch_size: int = 512,
+    lr: float = 3e-3,
+    l1: float = 0.1,
+    ortho_weight: float = 0.0,
+    ortho: OrthoConfig | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    init: Callable[[SAE], None] | None = None,
+    paired: bool = False,
+    init_scheme: str = "tied",
+    snapshot_steps: Sequence[int] = (),
+    log_every: int | None = None,
+) -> tuple[SAE, TrainResult]:
+    """:func:`train_stack`, also returning the training history and parameter snapshots.
+
+    Args:
+        snapshot_steps: steps after which a copy of the stack's parameters is kept
+            (``TrainResult.snapshots``); with the default constant learning rate, the snapshot at
+            step s is the model a run of s steps would end with.
+        log_every: steps between history records (default: steps // 10).
     """
     m = len(rows)
     if m == 0:
         raise ValueError("rows is empty: nothing to train")
-    sae_cfg = SAEConfig(d=d, n_latents=n_latents, kind=kind, k=k, n_models=m)
+    sae_cfg = SAEConfig(d=d, n_latents=n_latents, kind=kind, k=k, n_models=m, init=init_scheme)
     cfg = TrainConfig(
         steps=steps,
         batch_size=batch_size,
@@ -105,14 +173,47 @@ def train_stack(
         l1_coeff=_column_or(rows, "l1", l1),
         ortho_weight=_column_or(rows, "ortho_weight", ortho_weight),
         ortho=ortho or OrthoConfig(),
-        log_every=max(1, steps // 10),
+        log_every=log_every or max(1, steps // 10),
+        snapshot_steps=tuple(int(s) for s in snapshot_steps),
     )
-    sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(seed))
+    if paired:
+        sampler, seed_index = _paired(rows, sample)
+        n_distinct = max(seed_index) + 1
+        base = SAE(dataclasses.replace(sae_cfg, n_models=n_distinct), generator=torch.Generator().manual_seed(seed))
+        sae = SAE(sae_cfg, generator=torch.Generator())  # parameters replaced by the seeds' below
+        with torch.no_grad():
+            for name, p in sae.named_parameters():
+                p.copy_(getattr(base, name)[seed_index])
+    else:
+        sampler = as_sampler(sample)
+        sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(seed))
     if init is not None:
         init(sae)
     sae = sae.to(device)
-    train(sae, as_sampler(sample), cfg, progress=progress)
-    return sae.cpu()
+    result = train(sae, sampler, cfg, progress=progress)
+    return sae.cpu(), result
+
+
+def eval_batches(datasets: Sequence[ToyData], n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Fixed evaluation inputs and their ground-truth coefficients, one set per *distinct* data
+    set (models on the same data set are evaluated on the same samples, as pairing needs), drawn
+    from their own seed without moving the global RNG stream.
+
+    Returns:
+        ``x: [M, n, d]`` and ``coeffs: [M, n, F]`` (one entry per model, shared where the data set is).
+    """
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        cache: dict[int, tuple[Tensor, Tensor]] = {}
+        for ds in datasets:
+            if id(ds) not in cache:
+                cache[id(ds)] = tuple(ds.sample(n))
+        x = torch.stack([cache[id(ds)][0] for ds in datasets])
+        c = torch.stack([cache[id(ds)][1] for ds in datasets])
+        return x, c
+    finally:
+        torch.set_rng_state(state)
 
 
 @torch.no_grad()

@@ -124,7 +124,7 @@ class TrainConfig:
     def fingerprint(self, sae: SAE) -> str:
         """A string that identifies the run, stored in checkpoints to refuse a mismatched resume."""
         return json.dumps(
-            {"train": dataclasses.asdict(self), "sae": dataclasses.asdict(sae.cfg)},
+            {"train": dataclasses.asdict(self), "sae": sae.cfg.key_fields()},
             sort_keys=True,
             default=str,
         )

@@ -124,7 +124,8 @@ def test_run_variants_rows_and_columns(result):
     assert seen == [(SEEDS, N), (SEEDS, N), (SEEDS, 10)]  # init ran once per variant, before training
     want = {"ortho_weight", "seed", "loss", "recon", "l0", "fvu", "dead", "mmcs", "mcc", "n_compositions",
             "alone", "in_combination", "missed", "rare_alone", "nn_cos_mean", "nn_cos_p95", "near_duplicates",
-            "model_index", "w00", "variant", "group", "n_latents"}
+            "model_index", "w00", "variant", "group", "n_latents", "objective_vanilla", "objective_own",
+            "weight_factor"}
     assert set(df.columns) == want
     for v in VARIANTS:
         rows = df[df.variant == v.name]
