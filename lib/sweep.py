@@ -7,7 +7,6 @@ L1 and orthogonality weight), then evaluated into more columns of the same table
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -101,7 +100,9 @@ def train_stack(
             conditions can be compared seed by seed. Seed ``s`` then starts from, and sees the data
             of, model ``s`` of an unpaired stack of ``[data] * n_seeds``. Needs a ``seed`` column
             and one data set per row.
-        init_scheme: :attr:`lib.sae.SAEConfig.init` (``"tied"`` or ``"independent"`` encoder).
+        init_scheme: :attr:`lib.sae.SAEConfig.init` (``"tied"`` or ``"independent"`` encoder) of
+            every model; a column ``init`` of ``rows`` sets it per model instead (all schemes start
+            from the same decoders for the same seed).
     """
     return fit_stack(
         rows, sample, d, n_latents, kind=kind, k=k, steps=steps, batch_size=batch_size, lr=lr, l1=l1,
@@ -165,7 +166,10 @@ def fit_stack(
     m = len(rows)
     if m == 0:
         raise ValueError("rows is empty: nothing to train")
-    sae_cfg = SAEConfig(d=d, n_latents=n_latents, kind=kind, k=k, n_models=m, init=init_scheme)
+    schemes = [str(v) for v in rows["init"]] if "init" in rows else [init_scheme] * m
+    # the stack's config records one scheme; with an "init" column each model follows its row
+    stack_scheme = schemes[0] if len(set(schemes)) == 1 else "tied"
+    sae_cfg = SAEConfig(d=d, n_latents=n_latents, kind=kind, k=k, n_models=m, init=stack_scheme)
     cfg = TrainConfig(
         steps=steps,
         batch_size=batch_size,
@@ -177,16 +181,26 @@ def fit_stack(
         snapshot_steps=tuple(int(s) for s in snapshot_steps),
     )
     if paired:
-        sampler, seed_index = _paired(rows, sample)
-        n_distinct = max(seed_index) + 1
-        base = SAE(dataclasses.replace(sae_cfg, n_models=n_distinct), generator=torch.Generator().manual_seed(seed))
-        sae = SAE(sae_cfg, generator=torch.Generator())  # parameters replaced by the seeds' below
+        sampler, index = _paired(rows, sample)
+        n_base = max(index) + 1
+    else:
+        sampler, index, n_base = as_sampler(sample), list(range(m)), m
+    if not paired and len(set(schemes)) == 1:
+        sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(seed))
+    else:
+        # every scheme's initial stack from the same seed (so the decoders agree), then model i
+        # takes row index[i] of its scheme's stack
+        bases = {
+            s: SAE(SAEConfig(d=d, n_latents=n_latents, kind=kind, k=k, n_models=n_base, init=s),
+                   generator=torch.Generator().manual_seed(seed))
+            for s in dict.fromkeys(schemes)
+        }
+        sae = SAE(sae_cfg, generator=torch.Generator())  # parameters replaced below
         with torch.no_grad():
             for name, p in sae.named_parameters():
-                p.copy_(getattr(base, name)[seed_index])
-    else:
-        sampler = as_sampler(sample)
-        sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(seed))
+                for s, base in bases.items():
+                    rows_s = [i for i in range(m) if schemes[i] == s]
+                    p[rows_s] = getattr(base, name)[[index[i] for i in rows_s]]
     if init is not None:
         init(sae)
     sae = sae.to(device)
