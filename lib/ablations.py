@@ -200,7 +200,7 @@ def run_variants(
             if rare is not None:
                 gt["rare_alone"] = [float(np.mean(np.asarray(s)[rare] == metrics.ALONE)) for s in gt.status]
             if coeffs is not None:
-                gt = pd.concat([gt, activation_scores(sae, x_eval, coeffs, true)], axis=1)
+                gt = pd.concat([gt, sweep.activation_scores(sae, x_eval, coeffs, true)], axis=1)
             table = pd.concat([table, gt.drop(columns="status")], axis=1)
         per_model = []
         for i in range(len(grid)):
@@ -213,22 +213,6 @@ def run_variants(
         table["weight_factor"] = np.repeat(factors, len(grid) // len(factors))
         rows.append(table.assign(variant=v.name, group=v.group, n_latents=v.n_latents or n_latents))
     return pd.concat(rows, ignore_index=True), stacks
-
-
-@torch.no_grad()
-def activation_scores(sae: SAE, x: Tensor, coeffs: Tensor, true: Tensor, **detector) -> pd.DataFrame:
-    """Per stacked model: the activation-based composition count (:func:`lib.metrics.activation_compositions`
-    on the codes of ``x: [S, d]`` with ground-truth ``coeffs: [S, F]``) and its agreement with the
-    geometric detector (:func:`lib.metrics.detector_agreement`): ``n_compositions_act``,
-    ``detector_agree``, ``compositions_both``."""
-    _, codes = sae(x.expand(sae.cfg.n_models, -1, -1))
-    out = []
-    for i in range(sae.cfg.n_models):
-        act = metrics.activation_compositions(codes[i], coeffs, **detector)
-        agree = metrics.detector_agreement(metrics.detect_compositions(sae.W_dec[i].detach(), true), act)
-        out.append({"n_compositions_act": act.n_compositions, "detector_agree": agree["agree"],
-                    "compositions_both": agree["both"]})
-    return pd.DataFrame(out)
 
 
 def best_weight(df: pd.DataFrame, metric: str, higher_is_better: bool = True) -> pd.DataFrame:

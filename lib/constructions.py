@@ -157,7 +157,7 @@ def orthogonal_encoder_composed_decoder(sae: SAE, true: Tensor, pairs: Sequence[
 
 
 @torch.no_grad()
-def ground_truth_start(sae: SAE, true: Tensor) -> int:
+def ground_truth_start(sae: SAE, true: Tensor | Sequence[Tensor]) -> int:
     """Start at the ground truth: latent i gets decoder row ``true[i] / |true[i]|`` and encoder
     column equal to it (the tied init at the true features), with zero encoder and decoder bias,
     for ``i < min(F, n_latents)``. Latents beyond F keep their random init; with fewer latents than
@@ -165,21 +165,26 @@ def ground_truth_start(sae: SAE, true: Tensor) -> int:
     SAE ends in the minimum nearest the ground truth.
 
     Args:
-        true: [F, d] true feature directions.
+        true: [F, d] true feature directions, or one [F, d] per model of a stack.
 
     Returns:
         The number of latents placed at true features.
     """
-    if true.ndim != 2 or true.shape[1] != sae.cfg.d:
-        raise ValueError(f"true must have shape [F, d={sae.cfg.d}], got {tuple(true.shape)}")
-    norms = true.norm(dim=1, keepdim=True)
-    if (norms == 0).any():
-        raise ValueError("true has a direction of norm 0")
-    k = min(true.shape[0], sae.cfg.n_latents)
-    t = (true / norms)[:k].to(sae.W_dec.dtype)
-    for W_enc, b_enc, W_dec in _models(sae):
-        W_dec[:k] = t
-        W_enc[:, :k] = t.T
+    models = _models(sae)
+    trues = [true] * len(models) if isinstance(true, Tensor) else list(true)
+    if len(trues) != len(models):
+        raise ValueError(f"need one set of true directions per model: {len(trues)} for {len(models)} models")
+    k = 0
+    for t in trues:
+        if t.ndim != 2 or t.shape[1] != sae.cfg.d:
+            raise ValueError(f"true must have shape [F, d={sae.cfg.d}], got {tuple(t.shape)}")
+        if (t.norm(dim=1) == 0).any():
+            raise ValueError("true has a direction of norm 0")
+    for (W_enc, b_enc, W_dec), t in zip(models, trues):
+        k = min(t.shape[0], sae.cfg.n_latents)
+        u = (t / t.norm(dim=1, keepdim=True))[:k].to(W_dec.dtype)
+        W_dec[:k] = u
+        W_enc[:, :k] = u.T
         b_enc[:k] = 0.0
     sae.b_dec.zero_()
     return k

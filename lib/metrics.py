@@ -202,6 +202,13 @@ class ActivationCompositionReport:
         return self.latent_kind.count(COMPOSITION)
 
 
+def _wilson_upper(p: float, n: int, z: float = 1.96) -> float:
+    """Upper end of the Wilson score interval of a proportion p observed on n samples."""
+    centre = p + z * z / (2 * n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float((centre + half) / (1 + z * z / n))
+
+
 def activation_compositions(
     codes: Tensor | np.ndarray,
     coeffs: Tensor | np.ndarray,
@@ -216,7 +223,8 @@ def activation_compositions(
     A latent composes the features P (2..``max_parts`` of them) when it fires on samples where all
     of P are active at a rate ``r_together >= min_rate``, and on samples where any one part of P
     is missing (the others active) at most ``max_ratio * r_together``: it fires on A and B
-    together and far less on either alone. Candidate parts are the ``n_candidates`` features most
+    together and far less on either alone. "At most" is judged with the Wilson 95% upper bound of
+    each "apart" rate, so a handful of rare co-occurrences cannot make a composition by chance. Candidate parts are the ``n_candidates`` features most
     often active when the latent fires; every event needs ``min_support`` samples (pairs that
     never occur apart cannot be tested). The smallest P that passes is reported (the one with the
     largest ``r_together - r_apart`` among those of that size). The geometric detector
@@ -259,14 +267,15 @@ def activation_compositions(
                     if all_on.sum() < min_support:
                         continue
                     r_all = float(fires[all_on, i].mean())
-                    r_apart, ok = 0.0, True
+                    r_apart, upper, ok = 0.0, 0.0, True
                     for j in range(size):
                         others = np.delete(on, j, axis=1).all(1) & ~on[:, j]
                         if others.sum() < min_support:
                             ok = False
                             break
-                        r_apart = max(r_apart, float(fires[others, i].mean()))
-                    if ok and r_all >= min_rate and r_apart <= max_ratio * r_all and r_all - r_apart > best[0]:
+                        r = float(fires[others, i].mean())
+                        r_apart, upper = max(r_apart, r), max(upper, _wilson_upper(r, int(others.sum())))
+                    if ok and r_all >= min_rate and upper <= max_ratio * r_all and r_all - r_apart > best[0]:
                         best = (r_all - r_apart, tuple(sorted(subset)), r_all, r_apart)
                 if best[1]:
                     found, together[i], apart[i] = best[1], best[2], best[3]

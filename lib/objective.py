@@ -80,3 +80,38 @@ def objective_terms(
         "recon": recon.numpy(), "sparsity": sparsity.numpy(), "penalty": pen.numpy(),
         "vanilla": vanilla.numpy(), "penalised": (vanilla + w_t * pen).numpy(),
     }
+
+
+OPTIMUM, OPTIMISATION, UNDETERMINED = "optimum", "optimisation", "undetermined"
+
+
+def attribution(low: float, high: float) -> str:
+    """Optimum or optimisation, from the interval ``[low, high]`` of the paired difference
+    *reference objective minus trained objective* (same seeds, same evaluation set), where the
+    reference is e.g. an SAE started at the ground truth and trained the same way.
+
+    - ``high < 0``: the reference reaches a lower value of the same objective, so the trained SAEs
+      stopped in worse minima: their solution is an **optimisation** outcome, not the optimum.
+    - ``low > 0``: the trained SAEs beat the reference: what they learn is preferred by the
+      objective over the minimum nearest the ground truth (consistent with the **optimum**; a
+      global optimum is only certified by an exhaustive search, as in :mod:`lib.optimum`).
+    - otherwise **undetermined** at this number of seeds.
+    """
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return UNDETERMINED
+    if high < 0:
+        return OPTIMISATION
+    if low > 0:
+        return OPTIMUM
+    return UNDETERMINED
+
+
+def explain(attr: str) -> str:
+    """One sentence on what :func:`attribution`'s answer means for an SAE's compositions."""
+    return {
+        OPTIMISATION: "the reference reaches a lower value of the same objective, so the trained SAEs' "
+                      "compositions are where training from a random start stops, not the objective's optimum",
+        OPTIMUM: "the trained SAEs beat the reference on their own objective, so their compositions are what the "
+                 "objective prefers over the minimum next to the ground truth",
+        UNDETERMINED: "the interval does not separate the two at this number of seeds",
+    }[attr]

@@ -7,6 +7,7 @@ L1 and orthogonality weight), then evaluated into more columns of the same table
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -16,6 +17,8 @@ import torch
 from torch import Tensor
 
 from lib import metrics
+from lib.objective import objective_terms
+from lib.optimum import Optimum
 from lib.ortho import OrthoConfig
 from lib.sae import SAE, SAEConfig
 from lib.toy import SphereData, ToyData, stack_sampler
@@ -210,18 +213,19 @@ def fit_stack(
 
 def eval_batches(datasets: Sequence[ToyData], n: int, seed: int) -> tuple[Tensor, Tensor]:
     """Fixed evaluation inputs and their ground-truth coefficients, one set per *distinct* data
-    set (models on the same data set are evaluated on the same samples, as pairing needs), drawn
-    from their own seed without moving the global RNG stream.
+    set (models on the same data set are evaluated on the same samples, as pairing needs). Every
+    data set draws from the same ``seed``, so data sets that differ only in their embedding get the
+    same coefficients; the global RNG stream is left where it was.
 
     Returns:
         ``x: [M, n, d]`` and ``coeffs: [M, n, F]`` (one entry per model, shared where the data set is).
     """
     state = torch.get_rng_state()
-    torch.manual_seed(seed)
     try:
         cache: dict[int, tuple[Tensor, Tensor]] = {}
         for ds in datasets:
             if id(ds) not in cache:
+                torch.manual_seed(seed)
                 cache[id(ds)] = tuple(ds.sample(n))
         x = torch.stack([cache[id(ds)][0] for ds in datasets])
         c = torch.stack([cache[id(ds)][1] for ds in datasets])
@@ -258,14 +262,67 @@ def evaluate_stack(sae: SAE, x: Tensor, l1: Sequence[float] | float = 0.0) -> pd
     )
 
 
+def at_step(sae: SAE, snapshot: dict[str, Tensor]) -> SAE:
+    """A copy of the stack ``sae`` with the parameters of a snapshot (``TrainResult.snapshots[step]``)."""
+    out = SAE(sae.cfg, generator=torch.Generator())  # init overwritten
+    out.load_state_dict(snapshot)
+    return out
+
+
+def subset(sae: SAE, index: Sequence[int]) -> SAE:
+    """A stack of the models ``index`` of ``sae`` (copied parameters)."""
+    index = [int(i) for i in index]
+    if not index:
+        raise ValueError("index is empty")
+    out = SAE(dataclasses.replace(sae.cfg, n_models=len(index)), generator=torch.Generator())  # init overwritten
+    out.load_state_dict({k: v[index].clone() for k, v in sae.state_dict().items()})
+    return out
+
+
+def optimum_scores(
+    sae: SAE,
+    x: Tensor,
+    optima: Sequence[Optimum],
+    l1: Sequence[float] | float,
+    ortho_weight: Sequence[float] | float = 0.0,
+    ortho: OrthoConfig | None = None,
+) -> pd.DataFrame:
+    """Each stacked model against its objective's optimum (:mod:`lib.optimum`, 2-D toy data).
+
+    Args:
+        x: [S, 2] the evaluation samples the optima were computed on (shared by all models).
+        optima: one :class:`lib.optimum.Optimum` per model (of the objective with that model's
+            ``l1`` and ``ortho_weight``).
+
+    Returns:
+        One row per model: ``objective`` (vanilla, or penalised with ``ortho_weight``), ``gap``
+        (relative excess over the optimum's loss) and ``angle_err`` (Hungarian-matched angle in
+        degrees between the decoder rows and the optimum's).
+    """
+    m = sae.cfg.n_models
+    if len(optima) != m:
+        raise ValueError(f"need one optimum per model: {len(optima)} for {m} models")
+    obj = objective_terms(sae, x, l1, ortho_weight, ortho)["penalised"]
+    best = np.array([o.loss for o in optima])
+    return pd.DataFrame({
+        "objective": obj,
+        "gap": (obj - best) / best,
+        "angle_err": [metrics.matched_angle_error(sae.W_dec[i].detach(), o.decoder) for i, o in enumerate(optima)],
+    })
+
+
 def ground_truth_scores(
-    sae: SAE, true: Tensor | Sequence[Tensor], composed: Tensor | None = None, **detector: float
+    sae: SAE, true: Tensor | Sequence[Tensor], composed: Tensor | None = None, signed: bool = False,
+    reports: bool = False, **detector: float,
 ) -> pd.DataFrame:
     """Recovery of ground-truth directions by each stacked model's decoder.
 
     Args:
         true: [F, d] true directions shared by all models, or one [F, d] per model.
         composed: optional [C, d] composed directions; adds ``mcc_composed``.
+        signed: also the signed scores ``mmcs_signed``, ``mcc_signed`` (and
+            ``mcc_composed_signed``), which tell a feature from its antipode.
+        reports: also the detector's :class:`lib.metrics.CompositionReport` (column ``report``).
         detector: keyword arguments for :func:`lib.metrics.detect_compositions`.
 
     Returns:
@@ -287,9 +344,41 @@ def ground_truth_scores(
             "missed": rep.fraction(metrics.MISSED),
             "status": rep.feature_status,
         }
+        if reports:
+            row["report"] = rep
         if composed is not None:
             row["mcc_composed"] = metrics.mcc(W, composed)
+        if signed:
+            row["mmcs_signed"] = metrics.mmcs(W, trues[i], signed=True)
+            row["mcc_signed"] = metrics.mcc(W, trues[i], signed=True)
+            if composed is not None:
+                row["mcc_composed_signed"] = metrics.mcc(W, composed, signed=True)
         out.append(row)
+    return pd.DataFrame(out)
+
+
+@torch.no_grad()
+def activation_scores(
+    sae: SAE, x: Tensor, coeffs: Tensor, true: Tensor, reports: Sequence[metrics.CompositionReport] | None = None,
+    **detector,
+) -> pd.DataFrame:
+    """Per stacked model: compositions by what latents fire on (:func:`lib.metrics.activation_compositions`
+    on the codes of ``x: [S, d]`` with ground-truth ``coeffs: [S, F]``) and the agreement with the
+    geometric detector (:func:`lib.metrics.detector_agreement`, decoder rows vs ``true: [F, d]``;
+    ``reports``: the geometric reports per model, if already computed).
+
+    Returns:
+        One row per model: ``n_compositions_act``, ``detector_agree`` (fraction of latents both
+        detectors classify alike) and ``compositions_both`` (latents both call compositions).
+    """
+    out = []
+    for i in range(sae.cfg.n_models):  # one model at a time: [S, n] codes, not [M, S, n]
+        single = sae.select(i)
+        act = metrics.activation_compositions(single.encode(x), coeffs, **detector)
+        geo = reports[i] if reports is not None else metrics.detect_compositions(single.W_dec.detach(), true)
+        agree = metrics.detector_agreement(geo, act)
+        out.append({"n_compositions_act": act.n_compositions, "detector_agree": agree["agree"],
+                    "compositions_both": agree["both"]})
     return pd.DataFrame(out)
 
 

@@ -264,20 +264,29 @@ class SphereData:
         return ToyBatch(torch.rand(batch, 1) * u / u.norm(dim=-1, keepdim=True), torch.empty(batch, 0))
 
 
-def isometric_embedding(directions: Tensor, d: int, generator: torch.Generator | None = None) -> Tensor:
-    """The same geometry in more dimensions: ``directions @ Q^T`` with Q a random orthonormal
-    k-frame in R^d, so every inner product (the Gram matrix) is preserved.
-
-    directions: [F, k] -> [F, d] (d >= k).
-    """
-    if directions.ndim != 2:
-        raise ValueError(f"directions must be [F, k], got shape {tuple(directions.shape)}")
-    k = directions.shape[1]
+def random_frame(d: int, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """[d, k] a random orthonormal k-frame in R^d (orthonormal columns; needs d >= k)."""
+    _check_positive_int("k", k)
     if not isinstance(d, int) or isinstance(d, bool) or d < k:
         raise ValueError(f"d must be an int >= the directions' dimension {k}, got {d!r}")
     q, r = torch.linalg.qr(torch.randn(d, k, generator=generator))
-    frame = q * torch.sign(torch.diagonal(r))  # [d, k], orthonormal columns
-    return (directions @ frame.T).contiguous()
+    return q * torch.sign(torch.diagonal(r))
+
+
+def isometric_embedding(directions: Tensor, d: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The same geometry in more dimensions: ``directions @ Q^T`` with Q a random orthonormal
+    k-frame in R^d, so every inner product (the Gram matrix) is preserved.
+
+    Args:
+        directions: [F, k] (e.g. k = 2: a 2-D toy geometry).
+
+    Returns:
+        ``(embedded [F, d], frame Q [d, k])``; ``x @ Q`` maps embedded inputs back to k dims.
+    """
+    if directions.ndim != 2:
+        raise ValueError(f"directions must be [F, k], got shape {tuple(directions.shape)}")
+    frame = random_frame(d, directions.shape[1], generator)
+    return (directions @ frame.T).contiguous(), frame
 
 
 def stack_sampler(datasets: list[ToyData | SphereData], batch: int) -> Tensor:

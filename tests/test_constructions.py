@@ -263,3 +263,14 @@ def test_ground_truth_start(n_models, n_latents):
         constructions.ground_truth_start(sae, true[:, :4])
     with pytest.raises(ValueError, match="norm 0"):
         constructions.ground_truth_start(sae, torch.zeros(2, 6))
+
+
+def test_ground_truth_start_per_model():
+    a = random_directions(3, 4, orthogonal=True, generator=torch.Generator().manual_seed(0))
+    b = random_directions(3, 4, orthogonal=True, generator=torch.Generator().manual_seed(1))
+    sae = SAE(SAEConfig(d=4, n_latents=3, n_models=2))
+    constructions.ground_truth_start(sae, [a, b])
+    torch.testing.assert_close(sae.W_dec[0], a)
+    torch.testing.assert_close(sae.W_dec[1], b)
+    with pytest.raises(ValueError, match="one set of true directions per model"):
+        constructions.ground_truth_start(sae, [a])

@@ -83,3 +83,12 @@ def test_errors():
     stack = SAE(SAEConfig(d=2, n_latents=2, n_models=2))
     with pytest.raises(ValueError, match="l1 needs one value or one per model"):
         objective_terms(stack, torch.zeros(2, 3, 2), l1=[0.1, 0.2, 0.3])
+
+
+def test_attribution():
+    from lib.objective import OPTIMISATION, OPTIMUM, UNDETERMINED, attribution
+
+    assert attribution(-0.3, -0.1) == OPTIMISATION  # the reference (e.g. ground-truth start) is better
+    assert attribution(0.1, 0.3) == OPTIMUM
+    assert attribution(-0.1, 0.3) == UNDETERMINED
+    assert attribution(float("nan"), float("nan")) == UNDETERMINED

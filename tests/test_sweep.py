@@ -220,12 +220,27 @@ def test_fit_stack_history_and_snapshots_equal_shorter_runs():
 def test_eval_batches_share_samples_per_data_set():
     from lib.sweep import eval_batches
 
-    a, b = _data(), _data()
+    a = _data()
+    b = ToyData(ToyDataConfig(n_features=4, d=3, embedding="random", p=0.3), generator=torch.Generator().manual_seed(5))
     state = torch.get_rng_state()
     x, c = eval_batches([a, a, b], 50, seed=1)
     assert torch.equal(torch.get_rng_state(), state)
     assert x.shape == (3, 50, 3) and c.shape == (3, 50, 4)
     assert torch.equal(x[0], x[1]) and not torch.equal(x[0], x[2])
+    assert torch.equal(c[0], c[2])  # another embedding of the same statistics: the same coefficients
     torch.testing.assert_close(x[2], c[2] @ b.directions)
-    x2, _ = eval_batches([a, a, b], 50, seed=1)
-    assert torch.equal(x, x2)
+    x2, _ = eval_batches([b, a], 50, seed=1)
+    assert torch.equal(x2[1], x[0])  # the same samples whatever the order
+
+
+def test_subset_and_at_step():
+    from lib.sweep import at_step, subset
+
+    sae = SAE(SAEConfig(d=3, n_latents=4, n_models=5), generator=torch.Generator().manual_seed(0))
+    sub = subset(sae, [4, 1])
+    assert sub.cfg.n_models == 2
+    assert torch.equal(sub.W_dec, sae.W_dec[[4, 1]]) and torch.equal(sub.b_enc, sae.b_enc[[4, 1]])
+    other = at_step(sae, {k: v * 2 for k, v in sae.state_dict().items()})
+    assert torch.equal(other.W_enc, sae.W_enc * 2)
+    with pytest.raises(ValueError, match="index is empty"):
+        subset(sae, [])

@@ -391,10 +391,12 @@ def test_isometric_embedding_preserves_the_gram_matrix():
 
     base = random_directions(9, 2, orthogonal=False, generator=torch.Generator().manual_seed(0))
     for d in (2, 8, 128):
-        W = isometric_embedding(base, d, generator=torch.Generator().manual_seed(d))
-        assert W.shape == (9, d)
+        W, Q = isometric_embedding(base, d, generator=torch.Generator().manual_seed(d))
+        assert W.shape == (9, d) and Q.shape == (d, 2)
         torch.testing.assert_close(W @ W.T, base @ base.T, atol=1e-5, rtol=0)
-    W = isometric_embedding(base, 16, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(Q.T @ Q, torch.eye(2), atol=1e-5, rtol=0)
+        torch.testing.assert_close(W @ Q, base, atol=1e-5, rtol=0)  # back to the plane's coordinates
+    W, _ = isometric_embedding(base, 16, generator=torch.Generator().manual_seed(1))
     assert torch.linalg.matrix_rank(W) == 2  # the same 2-D geometry, in a plane of R^16
     with pytest.raises(ValueError, match="d must be an int >= the directions' dimension 2"):
         isometric_embedding(base, 1)
