@@ -113,6 +113,48 @@ def standard_variants(
     return out
 
 
+def with_tuning(
+    variants: Sequence[Variant], factors: Sequence[float], tune: Sequence[str], reference: str = "proposal",
+    weight_group: str = "weight",
+) -> list[Variant]:
+    """The variants named in ``tune`` (and ``reference``) trained at several penalty weights, so
+    they can be compared at their best weight (:func:`best_weight`).
+
+    Each tuned variant gets ``weight_factors = factors`` (1 always included). The reference also
+    gets the factors of the ``weight_group`` variants (``"λ × f"``, see :func:`standard_variants`),
+    which are then dropped: their runs are the reference's factors (:func:`weight_rows`).
+
+    Raises:
+        ValueError: a name in ``tune`` that is not a variant, or a factor that is not positive.
+    """
+    names = {v.name for v in variants}
+    missing = [t for t in [*tune, reference] if t not in names]
+    if missing:
+        raise ValueError(f"not variants: {missing}")
+    if not factors or any(not f > 0 for f in factors):
+        raise ValueError(f"factors must be positive numbers, got {list(factors)}")
+    base = tuple(sorted({float(f) for f in factors} | {1.0}))
+    weight_factors = [v.ortho_weight / ref.ortho_weight for ref in variants if ref.name == reference
+                      for v in variants if v.group == weight_group]
+    out = []
+    for v in variants:
+        if v.group == weight_group:
+            continue
+        if v.name == reference:
+            v = dataclasses.replace(v, weight_factors=tuple(sorted(set(base) | {round(f, 12) for f in weight_factors})))
+        elif v.name in tune:
+            v = dataclasses.replace(v, weight_factors=base)
+        out.append(v)
+    return out
+
+
+def weight_rows(df: pd.DataFrame, reference: str = "proposal") -> pd.DataFrame:
+    """The reference's rows at every weight it was trained at, as variants ``"λ × f"`` (group
+    ``"weight"``), for a weight sweep compared with ``"λ × 1"``."""
+    rows = df[df.variant == reference]
+    return rows.assign(variant=[f"λ × {f:g}" for f in rows.weight_factor], group="weight")
+
+
 def nn_cos_stats(W_dec: Tensor) -> dict[str, float]:
     """Summary of the nearest-neighbour |cos| distribution of decoder rows ``[n, d]``."""
     c = metrics.nn_abs_cos_distribution(W_dec)

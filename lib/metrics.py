@@ -26,6 +26,8 @@ from lib.ortho import nearest_neighbour_abs_cos
 ALONE, IN_COMBINATION, MISSED = "alone", "in combination", "missed"
 # Per-latent kind.
 ATOM, COMPOSITION, OTHER = "atom", "composition", "other"
+# By activation: a latent that fires on each of its parts alone (a union of features, not a conjunction).
+MERGER = "merger"
 
 
 def _rows(name: str, a: Tensor | np.ndarray) -> Tensor:
@@ -184,12 +186,14 @@ class ActivationCompositionReport:
     """Result of :func:`activation_compositions`.
 
     Attributes:
-        latent_kind: [n_latents] ``"composition"`` or ``"other"``.
-        latent_parts: per latent, the features it composes (() when not a composition).
-        rate_together: [n_latents] firing rate on samples where all its parts are active (nan when
-            not a composition).
-        rate_apart: [n_latents] the highest firing rate on samples where one part is missing and
-            the others are active (nan when not a composition).
+        latent_kind: [n_latents] ``"composition"`` (fires on its parts together, far less apart),
+            ``"merger"`` (fires on each part alone: one latent for several features) or ``"other"``.
+        latent_parts: per latent, the features it composes or merges (() for "other").
+        rate_together: [n_latents] firing rate on samples where all its parts are active (nan for
+            "other").
+        rate_apart: [n_latents] for a composition, the highest firing rate on samples where one
+            part is missing and the others are active; for a merger, the lowest rate on samples where
+            only one of its parts is active (nan for "other").
     """
 
     latent_kind: list[str]
@@ -201,35 +205,44 @@ class ActivationCompositionReport:
     def n_compositions(self) -> int:
         return self.latent_kind.count(COMPOSITION)
 
+    @property
+    def n_mergers(self) -> int:
+        return self.latent_kind.count(MERGER)
 
-def _wilson_upper(p: float, n: int, z: float = 1.96) -> float:
-    """Upper end of the Wilson score interval of a proportion p observed on n samples."""
+
+def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion p observed on n samples."""
     centre = p + z * z / (2 * n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return float((centre + half) / (1 + z * z / n))
+    return float((centre - half) / (1 + z * z / n)), float((centre + half) / (1 + z * z / n))
 
 
 def activation_compositions(
     codes: Tensor | np.ndarray,
     coeffs: Tensor | np.ndarray,
-    max_parts: int = 2,
+    max_parts: int = 3,
     n_candidates: int = 4,
-    min_rate: float = 0.5,
+    min_rate: float = 0.25,
     max_ratio: float = 0.25,
     min_support: int = 5,
+    explained: float = 0.9,
 ) -> ActivationCompositionReport:
     """Which latents are compositions by what they *fire on*, whatever their decoder direction.
 
-    A latent composes the features P (2..``max_parts`` of them) when it fires on samples where all
-    of P are active at a rate ``r_together >= min_rate``, and on samples where any one part of P
-    is missing (the others active) at most ``max_ratio * r_together``: it fires on A and B
+    A latent *composes* the features P (2..``max_parts`` of them) when it fires on samples where
+    all of P are active at a rate ``r_together >= min_rate``, and on samples where any one part of
+    P is missing (the others active) at most ``max_ratio * r_together``: it fires on A and B
     together and far less on either alone. "At most" is judged with the Wilson 95% upper bound of
-    each "apart" rate, so a handful of rare co-occurrences cannot make a composition by chance. Candidate parts are the ``n_candidates`` features most
-    often active when the latent fires; every event needs ``min_support`` samples (pairs that
-    never occur apart cannot be tested). The smallest P that passes is reported (the one with the
-    largest ``r_together - r_apart`` among those of that size). The geometric detector
-    :func:`detect_compositions` looks only at decoder directions; :func:`detector_agreement`
-    compares the two.
+    each "apart" rate, so a handful of rare co-occurrences cannot make a composition by chance. A
+    latent that is not a composition is a *merger* of P when it fires on every part of P alone
+    (only that part of P active) at a rate whose Wilson lower bound is >= ``min_rate``, and at least
+    ``explained`` of its firing happens with some part of P active: one latent for "A or B", which
+    a decoder-geometry detector also reports as a combination of A and B.
+
+    Candidate parts are the ``n_candidates`` features most often active when the latent fires;
+    every event needs ``min_support`` samples (pairs that never occur apart cannot be tested). The
+    smallest P that passes is reported (among those of that size, the one with the largest
+    contrast). :func:`detector_agreement` compares the result with :func:`detect_compositions`.
 
     Args:
         codes: [S, n_latents] codes on evaluation samples (> 0 = fires).
@@ -243,8 +256,9 @@ def activation_compositions(
         raise ValueError(f"max_parts must be an int >= 2, got {max_parts!r}")
     if not isinstance(n_candidates, int) or n_candidates < 2:
         raise ValueError(f"n_candidates must be an int >= 2, got {n_candidates!r}")
-    if not 0 < min_rate <= 1 or not 0 <= max_ratio < 1:
-        raise ValueError(f"need min_rate in (0, 1] and max_ratio in [0, 1), got {min_rate}, {max_ratio}")
+    if not 0 < min_rate <= 1 or not 0 <= max_ratio < 1 or not 0 < explained <= 1:
+        raise ValueError(f"need min_rate and explained in (0, 1], max_ratio in [0, 1), got {min_rate}, {explained}, "
+                         f"{max_ratio}")
     if not isinstance(min_support, int) or min_support < 1:
         raise ValueError(f"min_support must be a positive int, got {min_support!r}")
     fires = codes > 0  # [S, n]
@@ -257,50 +271,71 @@ def activation_compositions(
     apart = np.full(codes.shape[1], np.nan)
     for i in range(codes.shape[1]):
         found: tuple[int, ...] = ()
+        kind = OTHER
         if n_fire[i] >= min_support:
             cand = [int(j) for j in np.argsort(-given[i], kind="stable")[:n_candidates] if given[i, j] > 0]
+            f_i = fires[:, i]
             for size in range(2, min(max_parts, len(cand)) + 1):
-                best = (-np.inf, (), 0.0, 0.0)
+                best_c, best_m = (-np.inf, ()), (-np.inf, ())
                 for subset in combinations(cand, size):
                     on = active[:, list(subset)]  # [S, size]
                     all_on = on.all(1)
-                    if all_on.sum() < min_support:
-                        continue
-                    r_all = float(fires[all_on, i].mean())
-                    r_apart, upper, ok = 0.0, 0.0, True
+                    # composition: together, far less with one part missing
+                    if all_on.sum() >= min_support:
+                        r_all = float(f_i[all_on].mean())
+                        r_apart, upper, ok = 0.0, 0.0, True
+                        for j in range(size):
+                            miss = np.delete(on, j, axis=1).all(1) & ~on[:, j]
+                            if miss.sum() < min_support:
+                                ok = False
+                                break
+                            r = float(f_i[miss].mean())
+                            r_apart, upper = max(r_apart, r), max(upper, _wilson(r, int(miss.sum()))[1])
+                        if ok and r_all >= min_rate and upper <= max_ratio * r_all and r_all - r_apart > best_c[0]:
+                            best_c = (r_all - r_apart, tuple(sorted(subset)), r_all, r_apart)
+                    # merger: fires on every part alone, and its firing is mostly explained by the parts
+                    rates, lows = [], []
                     for j in range(size):
-                        others = np.delete(on, j, axis=1).all(1) & ~on[:, j]
-                        if others.sum() < min_support:
-                            ok = False
+                        only = on[:, j] & ~np.delete(on, j, axis=1).any(1)
+                        if only.sum() < min_support:
                             break
-                        r = float(fires[others, i].mean())
-                        r_apart, upper = max(r_apart, r), max(upper, _wilson_upper(r, int(others.sum())))
-                    if ok and r_all >= min_rate and upper <= max_ratio * r_all and r_all - r_apart > best[0]:
-                        best = (r_all - r_apart, tuple(sorted(subset)), r_all, r_apart)
-                if best[1]:
-                    found, together[i], apart[i] = best[1], best[2], best[3]
+                        r = float(f_i[only].mean())
+                        rates.append(r)
+                        lows.append(_wilson(r, int(only.sum()))[0])
+                    if len(rates) == size and min(lows) >= min_rate and given[i, list(subset)].max() > 0 and float(
+                            on[f_i].any(1).mean()) >= explained and min(rates) > best_m[0]:
+                        best_m = (min(rates), tuple(sorted(subset)), float(f_i[all_on].mean()) if all_on.any()
+                                  else np.nan, min(rates))
+                for best, k in ((best_c, COMPOSITION), (best_m, MERGER)):
+                    if best[1]:
+                        found, kind, together[i], apart[i] = best[1], k, best[2], best[3]
+                        break
+                if found:
                     break
-        kinds.append(COMPOSITION if found else OTHER)
+        kinds.append(kind)
         parts.append(found)
     return ActivationCompositionReport(kinds, parts, together, apart)
 
 
 def detector_agreement(geometric: CompositionReport, by_activation: ActivationCompositionReport) -> dict[str, float]:
-    """How often the geometric and the activation-based detector agree, latent by latent.
+    """How the geometric and the activation-based detector compare, latent by latent.
 
     Returns ``agree`` (fraction of latents both call composition or both not), ``both``,
-    ``geometric_only``, ``activation_only`` (counts of latents) and ``same_parts`` (of the latents
-    both call compositions, the fraction with the same parts).
+    ``geometric_only``, ``activation_only`` (counts of latents), ``geometric_as_merger`` (latents
+    the geometric detector calls compositions that fire on each part alone) and ``same_parts`` (of
+    the latents both call compositions, the fraction with the same parts).
     """
     g = np.array([k == COMPOSITION for k in geometric.latent_kind])
     a = np.array([k == COMPOSITION for k in by_activation.latent_kind])
+    m = np.array([k == MERGER for k in by_activation.latent_kind])
     if g.shape != a.shape:
         raise ValueError(f"the reports cover different latents: {g.shape} vs {a.shape}")
     both = g & a
     same = [geometric.latent_parts[i] == by_activation.latent_parts[i] for i in np.flatnonzero(both)]
     return {
         "agree": float((g == a).mean()), "both": int(both.sum()), "geometric_only": int((g & ~a).sum()),
-        "activation_only": int((a & ~g).sum()), "same_parts": float(np.mean(same)) if same else float("nan"),
+        "activation_only": int((a & ~g).sum()), "geometric_as_merger": int((g & m).sum()),
+        "same_parts": float(np.mean(same)) if same else float("nan"),
     }
 
 

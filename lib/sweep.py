@@ -368,8 +368,10 @@ def activation_scores(
     ``reports``: the geometric reports per model, if already computed).
 
     Returns:
-        One row per model: ``n_compositions_act``, ``detector_agree`` (fraction of latents both
-        detectors classify alike) and ``compositions_both`` (latents both call compositions).
+        One row per model: ``n_compositions_act`` and ``n_mergers_act`` (latents by activation),
+        ``detector_agree`` (fraction of latents both detectors classify alike as composition or not),
+        ``compositions_both`` (latents both call compositions) and ``geometric_as_merger``
+        (geometric compositions that fire on each part alone).
     """
     out = []
     for i in range(sae.cfg.n_models):  # one model at a time: [S, n] codes, not [M, S, n]
@@ -377,8 +379,9 @@ def activation_scores(
         act = metrics.activation_compositions(single.encode(x), coeffs, **detector)
         geo = reports[i] if reports is not None else metrics.detect_compositions(single.W_dec.detach(), true)
         agree = metrics.detector_agreement(geo, act)
-        out.append({"n_compositions_act": act.n_compositions, "detector_agree": agree["agree"],
-                    "compositions_both": agree["both"]})
+        out.append({"n_compositions_act": act.n_compositions, "n_mergers_act": act.n_mergers,
+                    "detector_agree": agree["agree"], "compositions_both": agree["both"],
+                    "geometric_as_merger": agree["geometric_as_merger"]})
     return pd.DataFrame(out)
 
 

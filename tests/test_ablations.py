@@ -331,3 +331,20 @@ def test_run_variants_objectives_and_activation_scores(toy):
     np.testing.assert_allclose(p.objective_penalised, p.objective_own, rtol=1e-6)
     assert {"n_compositions_act", "detector_agree", "compositions_both"} <= set(df.columns)
     assert df.detector_agree.between(0, 1).all()
+
+
+def test_with_tuning_and_weight_rows():
+    vs = ablations.standard_variants(0.1, weight_factors=[0.1, 10.0], n_latents=8, size_factors=[2.0], k=2)
+    out = ablations.with_tuning(vs, [0.3, 3.0], tune=["shape linear", "mean |cos| over all"])
+    by = {v.name: v for v in out}
+    assert not any(v.group == "weight" for v in out)  # the weight sweep is the proposal's factors now
+    assert by["proposal"].weight_factors == (0.1, 0.3, 1.0, 3.0, 10.0)
+    assert by["shape linear"].weight_factors == (0.3, 1.0, 3.0)
+    assert by["mean |cos| over all"].weights == pytest.approx([0.03, 0.1, 0.3])
+    assert by["shape square"].weight_factors == () and by["vanilla"].weight_factors == ()
+    with pytest.raises(ValueError, match="not variants"):
+        ablations.with_tuning(vs, [0.3], tune=["nope"])
+    df = pd.DataFrame({"variant": ["proposal"] * 3 + ["vanilla"], "weight_factor": [0.1, 1.0, 10.0, 1.0],
+                       "seed": [0, 0, 0, 0], "group": "reference"})
+    w = ablations.weight_rows(df)
+    assert list(w.variant) == ["λ × 0.1", "λ × 1", "λ × 10"] and set(w.group) == {"weight"}

@@ -336,16 +336,18 @@ def _constructed_codes(S=4000, seed=0):
 
 
 def test_activation_compositions_constructed():
-    from lib.metrics import activation_compositions
+    from lib.metrics import MERGER, activation_compositions
 
     codes, coeffs = _constructed_codes()
     rep = activation_compositions(codes, coeffs)
-    assert rep.latent_kind == [COMPOSITION, OTHER, OTHER, OTHER, OTHER, COMPOSITION, OTHER]
-    assert rep.latent_parts[0] == (0, 1) and rep.latent_parts[5] == (0, 1)
-    assert rep.n_compositions == 2
+    assert rep.latent_kind == [COMPOSITION, OTHER, MERGER, COMPOSITION, OTHER, COMPOSITION, OTHER]
+    assert rep.latent_parts[0] == (0, 1) and rep.latent_parts[5] == (0, 1) and rep.latent_parts[2] == (3, 4)
+    assert rep.n_compositions == 3 and rep.n_mergers == 1
     assert rep.rate_together[0] == pytest.approx(1.0) and rep.rate_apart[0] == pytest.approx(0.0)
     assert 0.05 < rep.rate_apart[5] < 0.15 and np.isnan(rep.rate_together[1])
-    three = activation_compositions(codes, coeffs, max_parts=3)
+    assert rep.rate_apart[2] == pytest.approx(1.0)  # a merger fires on each part alone
+    # latent 3 fires on 0, 1 and 5 together: its pairs fire together at ~0.3 only
+    three = activation_compositions(codes, coeffs, max_parts=3, min_rate=0.5)
     assert three.latent_kind[3] == COMPOSITION and three.latent_parts[3] == (0, 1, 5)
     strict = activation_compositions(codes, coeffs, max_ratio=0.05)  # latent 5 fires too often apart
     assert strict.latent_kind[5] == OTHER and strict.latent_kind[0] == COMPOSITION
@@ -372,6 +374,10 @@ def test_detector_agreement():
     act = ActivationCompositionReport([OTHER, COMPOSITION, OTHER, COMPOSITION], [(), (0, 1), (), (1, 2)],
                                       np.full(4, np.nan), np.full(4, np.nan))
     out = detector_agreement(geo, act)
-    assert out == {"agree": 0.5, "both": 1, "geometric_only": 1, "activation_only": 1, "same_parts": 1.0}
+    assert out == {"agree": 0.5, "both": 1, "geometric_only": 1, "activation_only": 1, "geometric_as_merger": 0,
+                   "same_parts": 1.0}
+    merged = ActivationCompositionReport([OTHER, COMPOSITION, "merger", OTHER], [(), (0, 1), (2, 3), ()],
+                                         np.full(4, np.nan), np.full(4, np.nan))
+    assert detector_agreement(geo, merged)["geometric_as_merger"] == 1
     with pytest.raises(ValueError, match="different latents"):
         detector_agreement(geo, ActivationCompositionReport([OTHER], [()], np.zeros(1), np.zeros(1)))
