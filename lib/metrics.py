@@ -272,40 +272,44 @@ def activation_compositions(
     for i in range(codes.shape[1]):
         found: tuple[int, ...] = ()
         kind = OTHER
-        if n_fire[i] >= min_support:
-            cand = [int(j) for j in np.argsort(-given[i], kind="stable")[:n_candidates] if given[i, j] > 0]
-            f_i = fires[:, i]
+        cand = [int(j) for j in np.argsort(-given[i], kind="stable")[:n_candidates] if given[i, j] > 0]
+        if n_fire[i] >= min_support and len(cand) >= 2:
+            # Every event below is a set of activity patterns of the candidates: count samples and
+            # firings per pattern once (2^k patterns), then sum over patterns.
+            pattern = active[:, cand].astype(np.int64) @ (1 << np.arange(len(cand)))
+            n_pat = np.bincount(pattern, minlength=1 << len(cand))
+            k_pat = np.bincount(pattern, weights=fires[:, i], minlength=1 << len(cand))
+            pats = np.arange(len(n_pat))
+
+            def rate(sel: np.ndarray) -> tuple[float, int]:
+                n = int(n_pat[sel].sum())
+                return (float(k_pat[sel].sum()) / n if n else float("nan")), n
+
             for size in range(2, min(max_parts, len(cand)) + 1):
                 best_c, best_m = (-np.inf, ()), (-np.inf, ())
-                for subset in combinations(cand, size):
-                    on = active[:, list(subset)]  # [S, size]
-                    all_on = on.all(1)
+                for subset in combinations(range(len(cand)), size):
+                    mask = sum(1 << j for j in subset)
+                    inside = pats & mask
+                    r_all, n_all = rate(inside == mask)
                     # composition: together, far less with one part missing
-                    if all_on.sum() >= min_support:
-                        r_all = float(f_i[all_on].mean())
+                    if n_all >= min_support:
                         r_apart, upper, ok = 0.0, 0.0, True
-                        for j in range(size):
-                            miss = np.delete(on, j, axis=1).all(1) & ~on[:, j]
-                            if miss.sum() < min_support:
+                        for j in subset:
+                            r, n = rate(inside == (mask ^ (1 << j)))
+                            if n < min_support:
                                 ok = False
                                 break
-                            r = float(f_i[miss].mean())
-                            r_apart, upper = max(r_apart, r), max(upper, _wilson(r, int(miss.sum()))[1])
+                            r_apart, upper = max(r_apart, r), max(upper, _wilson(r, n)[1])
                         if ok and r_all >= min_rate and upper <= max_ratio * r_all and r_all - r_apart > best_c[0]:
-                            best_c = (r_all - r_apart, tuple(sorted(subset)), r_all, r_apart)
+                            best_c = (r_all - r_apart, tuple(sorted(cand[j] for j in subset)), r_all, r_apart)
                     # merger: fires on every part alone, and its firing is mostly explained by the parts
-                    rates, lows = [], []
-                    for j in range(size):
-                        only = on[:, j] & ~np.delete(on, j, axis=1).any(1)
-                        if only.sum() < min_support:
-                            break
-                        r = float(f_i[only].mean())
-                        rates.append(r)
-                        lows.append(_wilson(r, int(only.sum()))[0])
-                    if len(rates) == size and min(lows) >= min_rate and given[i, list(subset)].max() > 0 and float(
-                            on[f_i].any(1).mean()) >= explained and min(rates) > best_m[0]:
-                        best_m = (min(rates), tuple(sorted(subset)), float(f_i[all_on].mean()) if all_on.any()
-                                  else np.nan, min(rates))
+                    alone = [rate(inside == (1 << j)) for j in subset]
+                    if all(n >= min_support for _, n in alone):
+                        low = min(_wilson(r, n)[0] for r, n in alone)
+                        share = float(k_pat[inside != 0].sum()) / max(float(k_pat.sum()), 1.0)
+                        r_min = min(r for r, _ in alone)
+                        if low >= min_rate and share >= explained and r_min > best_m[0]:
+                            best_m = (r_min, tuple(sorted(cand[j] for j in subset)), r_all, r_min)
                 for best, k in ((best_c, COMPOSITION), (best_m, MERGER)):
                     if best[1]:
                         found, kind, together[i], apart[i] = best[1], k, best[2], best[3]

@@ -166,11 +166,13 @@ class ToyData:
         cfg: the configuration.
         directions: [n_features, d] feature directions, required iff ``cfg.embedding == "given"``.
         generator: generator for the random embedding (data sampling uses the global generator).
-        fast_copula: draw the copula's correlated Gaussians as one matrix product
-            ``eps @ L^T`` (L the Cholesky factor of the correlation matrix) instead of SAELens's
-            per-sample matrix-vector products: the same distribution from the same random draws,
-            about 10x faster for stacks, but different in the last bits, so firing decisions at
-            the threshold can differ. Off by default, so existing results stay bit-identical.
+        fast_sampler: sample firing without SAELens's generator: the copula's correlated
+            Gaussians as one matrix product ``eps @ L^T`` (L the Cholesky factor of the correlation
+            matrix; SAELens does one matrix-vector product per sample, from the same random draws)
+            and independent firing as ``U[0,1) < p`` (SAELens: Bernoulli draws, then index lists).
+            The same distributions, several times faster for stacks, but a different random stream
+            (and, for the copula, different last bits), so off by default: existing results stay
+            bit-identical. Mutually exclusive sets are sampled here either way.
     """
 
     def __init__(
@@ -178,7 +180,7 @@ class ToyData:
         cfg: ToyDataConfig,
         directions: Tensor | None = None,
         generator: torch.Generator | None = None,
-        fast_copula: bool = False,
+        fast_sampler: bool = False,
     ):
         self.cfg = cfg
         if cfg.embedding == "given":
@@ -202,9 +204,10 @@ class ToyData:
             self._firing = ActivationGenerator(
                 cfg.n_features, self.probs, correlation_matrix=cfg.correlation_matrix()
             )
+        self.fast_sampler = bool(fast_sampler) and self._firing is not None
         corr = cfg.correlation_matrix() if cfg.structure == "copula" else None
-        # [F, F] Cholesky factor and [F] thresholds of the fast copula path (None: SAELens's sampler)
-        self._chol = torch.linalg.cholesky(corr) if fast_copula and corr is not None else None
+        # [F, F] Cholesky factor of the fast copula path (None: independent firing or SAELens's sampler)
+        self._chol = torch.linalg.cholesky(corr) if self.fast_sampler and corr is not None else None
 
     def _fire(self, batch: int) -> Tensor:
         """[batch, F] 0/1 firing indicators."""
@@ -214,6 +217,8 @@ class ToyData:
             # inverse normal CDF of 1 - p (the generator's own thresholds).
             gauss = torch.randn(batch, cfg.n_features) @ self._chol.T
             return (gauss > self._firing.correlation_thresholds).float()
+        if self.fast_sampler:
+            return (torch.rand(batch, cfg.n_features) < self.probs).float()
         if self._firing is not None:
             return (self._firing.sample(batch) > 0).float()
         choice = torch.randint(cfg.set_size, (batch, cfg.n_sets))

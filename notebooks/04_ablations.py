@@ -57,7 +57,7 @@ toy_l1: float = 0.1
 toy_weight: float = 0.01  # λ_orth of the proposal on toy data (notebook 01)
 toy_eval: int = 8192  # evaluation samples (the activation-based detector needs rare co-occurrences)
 weight_factors: list = [0.1, 0.3, 3.0, 10.0]  # λ sweep, as multiples of the proposal's λ
-tune_factors: list = [0.3, 3.0]  # the weight grid (x each variant's λ, and 1) for shapes and reductions
+tune_factors: list = [0.3, 3.0, 10.0]  # the weight grid (x each variant's λ, and 1) for shapes and reductions
 size_factors: list = [0.5, 2.0]  # dictionary sizes, as multiples of the default size
 toy_k: int = 4  # TopK k (the data's mean L0 is ~1.3; k must leave room for co-occurrence)
 block_weight: float = 0.1  # λ_orth of the blocking demonstration
@@ -153,7 +153,7 @@ def fmt(r) -> str:
 
 # %%
 toy_data = toy.ToyData(toy.zipf_copula_config(toy_features, toy_rho), generator=torch.Generator().manual_seed(seed),
-                       fast_copula=True)
+                       fast_sampler=True)
 probs = toy_data.probs.numpy()
 rare = probs <= np.quantile(probs, 0.25)
 x_toy, c_toy = (t[0] for t in sweep.eval_batches([toy_data], toy_eval, EVAL_SEED))
@@ -219,14 +219,19 @@ attr = objective.attribution(gt_v["low"], gt_v["high"])
 size_names = [v.name for v in variants if v.group == "size"]
 big_v, big_p = (n for n in size_names if n.startswith(f"latents × {max(size_factors):g}"))
 small_p = next(n for n in size_names if n.startswith(f"latents × {min(size_factors):g}") and n.endswith("proposal"))
-big = plain[plain.variant.isin([big_v, big_p])].pivot_table(index="seed", columns="variant",
-                                                            values=["rare_alone", "n_compositions", "mcc"])
 big_cmp = ablations.comparison(plain[plain.variant.isin([big_v, big_p])], ["rare_alone", "n_compositions", "mcc"],
                                HIGHER, reference=big_v)
 bc = {x.metric: x for _, x in big_cmp[big_cmp.variant == big_p].iterrows()}
-worse = [(v, m) for (v, m), x in {**cp, **{(f"{k[0]} (best λ)", k[1]): x for k, x in cb.items()}}.items()
-         if x.verdict == stats.WORSE and m in ("mcc", "rare_alone", "n_compositions") and v not in ("vanilla",)
-         and not v.startswith("latents") and "ground truth" not in v]
+# one-at-a-time changes at the proposal's λ, and tuned variants at their best λ
+candidates = {**{k: x for k, x in cp.items() if k[0] not in TUNED},
+              **{(f"{k[0]} (best λ)", k[1]): x for k, x in cb.items() if k[0] != "proposal"}}
+NAMES = {"mcc": "MCC", "rare_alone": "rare features alone", "n_compositions": "composition latents"}
+worse: dict[str, list[str]] = {}
+for (v, m), x in candidates.items():
+    if x.verdict == stats.WORSE and m in NAMES and "vanilla" not in v and not v.startswith("latents") and "ground" not in v:
+        worse.setdefault(v, []).append(NAMES[m])
+top = max(tune_factors)
+edge = [v for v in TUNED if bf[v] == top]
 best_w = max(((f, cw[f"λ × {f:g}", "mcc"]["mean"]) for f in sorted(set(weights.weight_factor))), key=lambda t: t[1])
 shapes_b = [v for v in TUNED if v.startswith("shape")]
 assert cp["vanilla", "mcc"]["verdict"] == stats.WORSE  # the proposal beats no penalty
@@ -241,8 +246,9 @@ text.append(f"**Nearest neighbour vs mean |cos| over all.** At λ = {toy_weight:
 text.append("**Shape, each at its best λ** (× " + ", ".join(f"{bf[v]:g} for {v[6:]}" for v in shapes_b) +
             f"; the proposal × {bf['proposal']:g}): MCC " + ", ".join(
                 f"{v[6:]} {fmt(cb[v, 'mcc'])} ({cb[v, 'mcc'].verdict})" for v in shapes_b) + "; at the common λ: " + ", ".join(
-                f"{v[6:]} {fmt(cp[v, 'mcc'])}" for v in shapes_b) + " (c²/(1−c) was not tuned). The duplicated-rows "
-            "construction below shows where the shapes differ most.")
+                f"{v[6:]} {fmt(cp[v, 'mcc'])}" for v in shapes_b) + (
+                f". At the top of the weight grid (× {top:g}) for: {', '.join(edge)}, so their best may lie beyond it"
+                if edge else "") + ". The duplicated-rows construction below shows where the shapes differ most.")
 text.append(f"**Ties, scope, target** (one at a time, at λ = {toy_weight:g}): MCC one tied neighbour "
             f"{fmt(cp['one tied neighbour', 'mcc'])} ({cp['one tied neighbour', 'mcc'].verdict}), neighbours frozen "
             f"{fmt(cp['neighbours frozen', 'mcc'])} ({cp['neighbours frozen', 'mcc'].verdict}), all latents "
@@ -265,7 +271,7 @@ text.append(f"**Optimum or optimisation: {attr}.** On the vanilla objective (rec
             f"{fmt(co['proposal'])} ({co['proposal'].verdict}): {objective.explain(attr)}. The geometric and the "
             f"activation-based detector classify {plain.detector_agree.mean():.2f} of latents alike.")
 text.append("**Worse than the proposal** (MCC, rare features alone or composition latents; intervals excluding zero): "
-            + ("; ".join(f"{v}: {m}" for v, m in worse) if worse else "none") + ".")
+            + ("; ".join(f"{v} ({', '.join(ms)})" for v, ms in worse.items()) if worse else "none") + ".")
 FINDINGS["toy"] = "\n".join(f"- {t}" if i else t for i, t in enumerate(text))
 display(Markdown(FINDINGS["toy"]))
 
@@ -311,7 +317,7 @@ print("encoder − decoder:", {r["latent kind"]: fmt(r) for _, r in ed_diff.iter
 # %%
 pairs = [(2 * i, 2 * i + 1) for i in range(8)]
 enc_data = toy.ToyData(toy.ToyDataConfig(32, 32, p=0.1, structure="copula", rho=0.9, block_size=2),
-                       generator=torch.Generator().manual_seed(seed), fast_copula=True)
+                       generator=torch.Generator().manual_seed(seed), fast_sampler=True)
 x_enc = sweep.eval_inputs([enc_data], 4096, EVAL_SEED)[0]
 
 
@@ -370,7 +376,8 @@ def duplicated(sae):
 
 
 dup_f = 32
-dup_data = toy.ToyData(toy.ToyDataConfig(dup_f, dup_f, p=0.1), generator=torch.Generator().manual_seed(seed))
+dup_data = toy.ToyData(toy.ToyDataConfig(dup_f, dup_f, p=0.1), generator=torch.Generator().manual_seed(seed),
+                       fast_sampler=True)
 x_dup = sweep.eval_inputs([dup_data], 4096, EVAL_SEED)[0]
 dup_df, _ = ablations.run_variants(
     dup_variants, [dup_data] * toy_seeds, dup_f, 2 * dup_f, toy_seeds, x_dup, true=dup_data.directions,
@@ -401,7 +408,8 @@ print(cmp_dup.pivot_table(index="variant", columns="metric", values="text", aggf
 
 # %%
 blocked = list(range(8))
-blk_data = toy.ToyData(toy.ToyDataConfig(32, 32, p=0.1), generator=torch.Generator().manual_seed(seed))
+blk_data = toy.ToyData(toy.ToyDataConfig(32, 32, p=0.1), generator=torch.Generator().manual_seed(seed),
+                       fast_sampler=True)
 x_blk = sweep.eval_inputs([blk_data], 4096, EVAL_SEED)[0]
 
 
@@ -558,7 +566,7 @@ for _, x in cmp_best.iterrows():  # tuned variants: compared at their best λ
 lm_rows = {}
 for _, x in cmp_lm.iterrows():
     lm_rows.setdefault(x.variant, {})[x.metric] = x
-order = list(dict.fromkeys([*plain.variant, *weights.variant, *lm_df.variant]))
+order = [v for v in dict.fromkeys([*plain.variant, *weights.variant, *lm_df.variant]) if v != "λ × 1"]  # = proposal
 group_of = dict(zip(pd.concat([plain, weights, lm_df]).variant, pd.concat([plain, weights, lm_df]).group))
 
 

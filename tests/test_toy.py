@@ -404,10 +404,10 @@ def test_isometric_embedding_preserves_the_gram_matrix():
         isometric_embedding(torch.zeros(3), 4)
 
 
-def test_fast_copula_matches_saelens_sampler():
+def test_fast_sampler_matches_saelens_sampler():
     cfg = ToyDataConfig(16, 16, firing="zipf", p_max=0.3, p_min=0.01, structure="copula", rho=0.7, block_size=4)
     slow = ToyData(cfg, generator=torch.Generator().manual_seed(0))
-    fast = ToyData(cfg, generator=torch.Generator().manual_seed(0), fast_copula=True)
+    fast = ToyData(cfg, generator=torch.Generator().manual_seed(0), fast_sampler=True)
     assert torch.equal(slow.directions, fast.directions)
     setup(0, threads=1)
     a = slow.sample(20000)
@@ -421,6 +421,15 @@ def test_fast_copula_matches_saelens_sampler():
     # and the same statistics: firing rates and within-block correlation of firing
     _assert_rates(fb, cfg.firing_probabilities())
     torch.testing.assert_close(torch.corrcoef(fb.T.float()), torch.corrcoef(fa.T.float()), atol=0.02, rtol=0)
-    # without a copula there is nothing to speed up: the sampler is SAELens's
-    ind = ToyData(ToyDataConfig(8, 8, p=0.2), fast_copula=True)
-    assert ind._chol is None
+    # independent firing: U[0,1) < p, the same rates and no correlation
+    ind_cfg = ToyDataConfig(8, 8, firing="zipf", p_max=0.4, p_min=0.05)
+    ind = ToyData(ind_cfg, fast_sampler=True)
+    assert ind._chol is None and ind.fast_sampler
+    setup(0, threads=1)
+    f = ind.sample(20000).coeffs > 0
+    _assert_rates(f, ind_cfg.firing_probabilities())
+    c = torch.corrcoef(f.T.float())
+    assert (c - torch.eye(8)).abs().max() < 0.04
+    # mutually exclusive sets never use SAELens's generator: the flag changes nothing there
+    sets = ToyData(anders_config(1), fast_sampler=True)
+    assert not sets.fast_sampler
