@@ -52,6 +52,7 @@ toy_seeds: int = 10  # toy seeds per variant (the stacked trainer makes these ch
 toy_features: int = 48
 toy_rho: float = 0.7
 toy_steps: int = 1500
+construction_steps: int = 1000  # the constructed starts below (their effects show within these steps)
 toy_batch: int = 256
 toy_l1: float = 0.1
 toy_weight: float = 0.01  # λ_orth of the proposal on toy data (notebook 01)
@@ -339,7 +340,7 @@ enc_variants = [
     ablations.Variant("encoder rows", "target", toy_weight, OrthoConfig(target="encoder")),
 ]
 enc_df, _ = ablations.run_variants(
-    enc_variants, [enc_data] * toy_seeds, 32, 32, toy_seeds, x_enc, true=enc_data.directions, steps=toy_steps,
+    enc_variants, [enc_data] * toy_seeds, 32, 32, toy_seeds, x_enc, true=enc_data.directions, steps=construction_steps,
     batch_size=toy_batch, l1=toy_l1, seed=seed, device=device, init=composed_start, extra=enc_dec_cos,
     desc="encoder vs decoder",
 )
@@ -381,7 +382,8 @@ dup_data = toy.ToyData(toy.ToyDataConfig(dup_f, dup_f, p=0.1), generator=torch.G
 x_dup = sweep.eval_inputs([dup_data], 4096, EVAL_SEED)[0]
 dup_df, _ = ablations.run_variants(
     dup_variants, [dup_data] * toy_seeds, dup_f, 2 * dup_f, toy_seeds, x_dup, true=dup_data.directions,
-    steps=toy_steps, batch_size=toy_batch, l1=toy_l1, seed=seed, device=device, init=duplicated, desc="duplicated rows",
+    steps=construction_steps, batch_size=toy_batch, l1=toy_l1, seed=seed, device=device, init=duplicated,
+    desc="duplicated rows",
 )
 DUP_COLS = ["near_duplicates", "mcc", "alone", "fvu"]
 cmp_dup = ablations.comparison(dup_df, DUP_COLS, HIGHER)
@@ -433,7 +435,7 @@ blk_variants = [
                       ("all latents", OrthoConfig(scope="all")))
 ]
 blk_df, _ = ablations.run_variants(
-    blk_variants, [blk_data] * toy_seeds, 32, 40, toy_seeds, x_blk, steps=toy_steps, batch_size=toy_batch,
+    blk_variants, [blk_data] * toy_seeds, 32, 40, toy_seeds, x_blk, steps=construction_steps, batch_size=toy_batch,
     l1=toy_l1, seed=seed, device=device, init=with_blockers, extra=blocked_scores, desc="blocking",
 )
 
