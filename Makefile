@@ -39,7 +39,9 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml lib/numerics
 	$(PY) -m lib.numerics --install-kernel $(VENV)
 	touch $@
 
+# After the renders, the README's findings section is regenerated from results/findings_*.md.
 study: setup $(RENDERS)
+	$(PY) -m lib.report
 
 # Render one notebook: fresh inputs from the .py source -> papermill -> strip volatile metadata
 # -> replace the committed .ipynb only when the run succeeded.

@@ -6,12 +6,16 @@ Modules, one concept each:
 - ``toy``: synthetic data with ground-truth features (Anders et al. composed toy, general generator).
 - ``sae``: ReLU+L1 ("vanilla") and TopK sparse autoencoders, optionally a stack of independent models.
 - ``ortho``: the nearest-neighbour decoder orthogonality penalty.
-- ``metrics``: MMCS, MCC, feature recovery, composition detection, L0, FVU, dead latents,
+- ``metrics``: MMCS, MCC, feature recovery, composition detection (by decoder geometry and by
+  activation), L0, FVU, dead latents,
   nearest-neighbour |cos| and its histogram peaks, match fraction across runs.
 - ``decompose``: sparse non-negative decomposition of a direction into dictionary rows.
 - ``summed``: synthetic data from a dictionary plus sums of its atoms, and how SAEs represent them.
-- ``constructions``: starting points built on purpose (duplicated rows, blocking latents).
-- ``optimum``: the SAE objective's optimum for low-dimensional toy data, by dense search.
+- ``constructions``: starting points built on purpose (duplicated rows, blocking latents, ground truth).
+- ``optimum``: the SAE objective's optimum (vanilla or penalised) for 2-D toy data, by dense search.
+- ``objective``: the vanilla and penalised objectives of trained SAEs; optimum or optimisation.
+- ``stats``: paired differences over seeds, bootstrap intervals, verdicts from the interval.
+- ``frontier``: comparisons at matched L0 or FVU along each condition's L1 sweep.
 - ``train``: the shared training loop (config, progress, checkpoints, resume, incremental stages).
 - ``sweep``: grids of small SAEs trained as one stacked model, and their evaluation tables.
 - ``lm``: the target language model (Pythia-70M, or the offline stand-in), residual-stream
@@ -32,6 +36,8 @@ Modules, one concept each:
   feature hierarchy.
 - ``frontier``: metrics interpolated at common L0 values, paired differences over seeds.
 - ``convergence``: loss plateau and decoder movement from initialisation.
+- ``ablations``: named variants of the orthogonality loss, trained over seeds, compared with intervals.
+- ``report``: findings files written by the notebooks; ``python -m lib.report`` puts them into the README.
 - ``plotting``: figure helpers (arrays in, figure out) and stable-name saving.
 - ``bench_ortho``: ``python -m lib.bench_ortho``, cost and exactness of the penalty methods.
 """

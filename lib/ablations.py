@@ -4,8 +4,13 @@ A :class:`Variant` is one design choice (penalty configuration, weight, base SAE
 size). :func:`run_variants` trains every variant as one stack of ``n_seeds`` SAEs on the same data
 and returns one table row per trained SAE, so the notebooks only choose variants and plot;
 :func:`run_lm_variants` does the same on cached language-model activations (one run per seed,
-shared through :func:`lib.runs.train_lm_sae`). :func:`summary` turns that table into "mean ± std" per variant with the change against a
-reference variant, and :func:`verdict` says whether a change exceeds the spread over seeds.
+shared through :func:`lib.runs.train_lm_sae`). Every variant sees the same data stream and starts
+from the same initialisation for a given seed, so variants are compared seed by seed:
+:func:`comparison` gives each variant's paired difference from a reference with a bootstrap
+interval, and :func:`verdict` says "better" / "worse" only when that interval excludes zero
+(:mod:`lib.stats`). A variant can be trained at several penalty weights at once
+(``Variant.weight_factors``, paired by seed) and compared at its best weight (:func:`best_weight`).
+:func:`summary` gives "mean ± std" per variant with the change against the reference.
 """
 
 from __future__ import annotations
@@ -20,13 +25,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from lib import lm_eval, metrics, sweep
+from lib import lm_eval, metrics, objective, stats, sweep
 from lib.lm_data import LMData
 from lib.ortho import OrthoConfig
 from lib.runs import LMSAESpec, train_lm_sae
 from lib.sae import SAE, SAE_KINDS
 from lib.validation import (
-    check_bool,
     check_choice,
     check_columns,
     check_float,
@@ -49,6 +53,8 @@ class Variant:
         ortho: how the penalty is computed.
         kind, k: base SAE (``"relu"`` with L1, or ``"topk"`` with ``k``).
         n_latents: dictionary size, or None for the run's default.
+        weight_factors: train at ``ortho_weight * f`` for each factor f (one stack, paired by
+            seed) to tune the weight of this variant; () trains at ``ortho_weight`` only.
     """
 
     name: str
@@ -58,6 +64,7 @@ class Variant:
     kind: str = "relu"
     k: int | None = None
     n_latents: int | None = None
+    weight_factors: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check_str("name", self.name)
@@ -71,6 +78,20 @@ class Variant:
         if self.kind != "topk" and self.k is not None:
             raise ValueError(f"variant {self.name!r}: k is only used with kind='topk', got k={self.k!r}")
         object.__setattr__(self, "n_latents", check_int("n_latents", self.n_latents, 1, optional=True))
+        if self.weight_factors:
+            if self.ortho_weight == 0:
+                raise ValueError(f"variant {self.name!r}: weight_factors need a non-zero ortho_weight to scale")
+            if not isinstance(self.weight_factors, tuple) or not all(
+                isinstance(f, (int, float)) and not isinstance(f, bool) and np.isfinite(f) and f > 0
+                for f in self.weight_factors
+            ) or len(set(self.weight_factors)) != len(self.weight_factors):
+                raise ValueError(f"variant {self.name!r}: weight_factors must be a tuple of distinct positive numbers, "
+                                 f"got {self.weight_factors!r}")
+
+    @property
+    def weights(self) -> list[float]:
+        """The penalty weights this variant is trained at."""
+        return [self.ortho_weight * f for f in self.weight_factors] or [self.ortho_weight]
 
 
 def standard_variants(
@@ -112,6 +133,48 @@ def standard_variants(
     return out
 
 
+def with_tuning(
+    variants: Sequence[Variant], factors: Sequence[float], tune: Sequence[str], reference: str = "proposal",
+    weight_group: str = "weight",
+) -> list[Variant]:
+    """The variants named in ``tune`` (and ``reference``) trained at several penalty weights, so
+    they can be compared at their best weight (:func:`best_weight`).
+
+    Each tuned variant gets ``weight_factors = factors`` (1 always included). The reference also
+    gets the factors of the ``weight_group`` variants (``"λ × f"``, see :func:`standard_variants`),
+    which are then dropped: their runs are the reference's factors (:func:`weight_rows`).
+
+    Raises:
+        ValueError: a name in ``tune`` that is not a variant, or a factor that is not positive.
+    """
+    names = {v.name for v in variants}
+    missing = [t for t in [*tune, reference] if t not in names]
+    if missing:
+        raise ValueError(f"not variants: {missing}")
+    if not factors or any(not f > 0 for f in factors):
+        raise ValueError(f"factors must be positive numbers, got {list(factors)}")
+    base = tuple(sorted({float(f) for f in factors} | {1.0}))
+    weight_factors = [v.ortho_weight / ref.ortho_weight for ref in variants if ref.name == reference
+                      for v in variants if v.group == weight_group]
+    out = []
+    for v in variants:
+        if v.group == weight_group:
+            continue
+        if v.name == reference:
+            v = dataclasses.replace(v, weight_factors=tuple(sorted(set(base) | {round(f, 12) for f in weight_factors})))
+        elif v.name in tune:
+            v = dataclasses.replace(v, weight_factors=base)
+        out.append(v)
+    return out
+
+
+def weight_rows(df: pd.DataFrame, reference: str = "proposal") -> pd.DataFrame:
+    """The reference's rows at every weight it was trained at, as variants ``"λ × f"`` (group
+    ``"weight"``), for a weight sweep compared with ``"λ × 1"``."""
+    rows = df[df.variant == reference]
+    return rows.assign(variant=[f"λ × {f:g}" for f in rows.weight_factor], group="weight")
+
+
 def nn_cos_stats(W_dec: Tensor) -> dict[str, float]:
     """Summary of the nearest-neighbour |cos| distribution of decoder rows ``[n, d]``."""
     c = metrics.nn_abs_cos_distribution(W_dec)
@@ -128,29 +191,40 @@ def run_variants(
     *,
     true: Tensor | None = None,
     rare: np.ndarray | None = None,
+    coeffs: Tensor | None = None,
     steps: int,
     batch_size: int,
     lr: float = 3e-3,
-    l1: float = 0.1,
+    l1: float | Sequence[float] = 0.1,
     seed: int = 0,
     device: str = "cpu",
     init: Callable[[SAE], None] | None = None,
     extra: Callable[[SAE, int], dict] | None = None,
+    reference_penalty: tuple[float, OrthoConfig] | None = None,
     desc: str = "variants",
 ) -> tuple[pd.DataFrame, dict[str, SAE]]:
     """Train each variant as a stack of ``n_seeds`` SAEs and evaluate every model.
 
     Args:
-        sample: ``batch -> [n_seeds, batch, d]`` or a sequence of ``n_seeds`` toy data sets.
+        sample: ``batch -> [n_seeds, batch, d]`` or a sequence of ``n_seeds`` toy data sets
+            (needed for several weights or L1 coefficients, which are trained paired by seed).
         x_eval: [S, d] fixed evaluation inputs (shared by all models).
         true: [F, d] ground-truth directions (toy data): adds MMCS, MCC, composition counts
             and the fraction of features learnt alone.
         rare: [F] bool mask of rare features: adds ``rare_alone``.
+        coeffs: [S, F] ground-truth coefficients of ``x_eval`` (with ``true``): adds the
+            activation-based composition count ``n_compositions_act`` and ``detector_agree``, the
+            fraction of latents on which it agrees with the geometric detector.
+        l1: one L1 coefficient, or several (a sweep for frontier comparisons; column ``l1``).
         init: constructed starting point applied to every stack before training.
         extra: ``extra(single_sae, model_index) -> dict`` of more columns per model.
+        reference_penalty: ``(lambda_orth, config)`` of the penalised objective every model is
+            scored on (``objective_penalised``, e.g. the proposal's); default: none.
 
     Returns:
-        One row per trained model (variant, group, seed, metrics) and the trained stacks by name.
+        One row per trained model (variant, group, seed, weight, metrics, and the objectives on
+        ``x_eval``: ``objective_vanilla``, ``objective_own`` = the variant's own training
+        objective) and the trained stacks by name.
     """
     if not variants:
         raise ValueError("variants is empty")
@@ -168,31 +242,62 @@ def run_variants(
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"variant names must be unique, got {names}")
+    l1s = [float(v) for v in np.atleast_1d(np.asarray(l1, dtype=float))]
+    if not l1s:
+        raise ValueError("l1 is empty")
     rows, stacks = [], {}
     for v in tqdm(variants, desc=desc):
         torch.manual_seed(seed)  # every variant sees the same data stream, whatever the order
-        grid = sweep.grid(n_seeds, ortho_weight=[v.ortho_weight])
+        axes = {"ortho_weight": v.weights} | ({"l1": l1s} if len(l1s) > 1 else {})
+        grid = sweep.grid(n_seeds, **axes)
+        paired = len(grid) > n_seeds
+        if paired and callable(sample):
+            raise ValueError(f"variant {v.name!r}: several weights or L1 values need one data set per seed, not a sampler")
+        source = [list(sample)[s] for s in grid.seed] if paired else sample
+        l1_models = grid.l1.to_numpy() if "l1" in grid else l1s[0]
         sae = sweep.train_stack(
-            grid, sample, d=d, n_latents=v.n_latents or n_latents, kind=v.kind, k=v.k,
-            steps=steps, batch_size=batch_size, lr=lr, l1=l1, ortho=v.ortho, seed=seed,
-            device=device, init=init,
+            grid, source, d=d, n_latents=v.n_latents or n_latents, kind=v.kind, k=v.k,
+            steps=steps, batch_size=batch_size, lr=lr, l1=l1s[0], ortho=v.ortho, seed=seed,
+            device=device, init=init, paired=paired,
         )
         stacks[v.name] = sae
-        table = pd.concat([grid, sweep.evaluate_stack(sae, x_eval, l1 if v.kind == "relu" else 0.0)], axis=1)
+        l1_eval = l1_models if v.kind == "relu" else 0.0
+        table = pd.concat([grid, sweep.evaluate_stack(sae, x_eval, l1_eval)], axis=1)
+        own = objective.objective_terms(sae, x_eval, l1_eval, grid.ortho_weight.to_numpy(), v.ortho)
+        table["objective_vanilla"], table["objective_own"] = own["vanilla"], own["penalised"]
+        if reference_penalty is not None:
+            ref = objective.objective_terms(sae, x_eval, l1_eval, reference_penalty[0], reference_penalty[1])
+            table["objective_penalised"] = ref["penalised"]
         if true is not None:
             gt = sweep.ground_truth_scores(sae, true)
             if rare is not None:
                 gt["rare_alone"] = [float(np.mean(np.asarray(s)[rare] == metrics.ALONE)) for s in gt.status]
+            if coeffs is not None:
+                gt = pd.concat([gt, sweep.activation_scores(sae, x_eval, coeffs, true)], axis=1)
             table = pd.concat([table, gt.drop(columns="status")], axis=1)
         per_model = []
-        for i in range(n_seeds):
+        for i in range(len(grid)):
             row = nn_cos_stats(sae.W_dec[i].detach())
             if extra is not None:
                 row.update(extra(sae.select(i), i))
             per_model.append(row)
         table = pd.concat([table, pd.DataFrame(per_model)], axis=1)
+        factors = v.weight_factors or (1.0,)
+        table["weight_factor"] = np.repeat(factors, len(grid) // len(factors))
         rows.append(table.assign(variant=v.name, group=v.group, n_latents=v.n_latents or n_latents))
     return pd.concat(rows, ignore_index=True), stacks
+
+
+def best_weight(df: pd.DataFrame, metric: str, higher_is_better: bool = True) -> pd.DataFrame:
+    """For every variant trained at several weights, only the rows of the weight whose mean
+    ``metric`` over seeds is best (the weight is chosen on the same seeds it is then compared on,
+    the same for every tuned variant). Adds ``best_of``: the number of weights chosen from."""
+    out = []
+    for _, g in df.groupby("variant", sort=False):
+        means = g.groupby("weight_factor")[metric].mean()
+        best = means.idxmax() if higher_is_better else means.idxmin()
+        out.append(g[g.weight_factor == best].assign(best_of=len(means)))
+    return pd.concat(out, ignore_index=True)
 
 
 def summary(df: pd.DataFrame, cols: Sequence[str], reference: str = "proposal", digits: int = 3) -> pd.DataFrame:
@@ -267,23 +372,41 @@ def run_lm_variants(
     return pd.DataFrame(rows), ce
 
 
-def verdict(df: pd.DataFrame, col: str, higher_is_better: bool, reference: str = "proposal") -> pd.Series:
-    """Per variant, how it compares with ``reference`` on ``col``: "better", "worse" or "same".
+def comparison(
+    df: pd.DataFrame,
+    cols: Sequence[str],
+    higher_is_better: dict[str, bool],
+    reference: str = "proposal",
+    digits: int = 3,
+    by: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Per variant, for each column: the mean over seeds, the paired difference from ``reference``
+    with its bootstrap 95% interval, and the verdict from that interval (:func:`lib.stats.compare`).
 
-    A difference counts when the means differ by more than the larger of the two standard
-    deviations over seeds plus 1% of the reference mean's magnitude; otherwise "same" (not
-    distinguishable at this number of seeds). With fewer than 2 seeds there is no spread to
-    compare with: every verdict is "n/a".
+    Returns:
+        The long table of :func:`lib.stats.compare` with a ``text`` column,
+        ``"mean (Δ +diff [low, high])"``.
+
+    Raises:
+        ValueError: ``reference`` is not a variant of ``df``, or a variant has two rows per seed
+            (select one weight first, :func:`best_weight`).
     """
-    check_columns("df", df, ["variant", col])
-    check_bool("higher_is_better", higher_is_better)
-    g = df.groupby("variant", sort=False)[col]
-    if g.size().min() < 2:
-        return pd.Series("n/a", index=g.size().index)
-    mean, std = g.mean(), g.std(ddof=0).fillna(0.0)
-    if reference not in mean:
+    if reference not in set(df.variant):
         raise ValueError(f"reference {reference!r} is not a variant in the table")
-    diff = mean - mean[reference]
-    tol = np.maximum(std, std[reference]) + 0.01 * abs(mean[reference])
-    sign = np.sign(diff) * (1 if higher_is_better else -1)
-    return pd.Series(np.where(diff.abs() <= tol, "same", np.where(sign > 0, "better", "worse")), index=mean.index)
+    out = stats.compare(df, "variant", reference, list(cols), higher_is_better, by=by)
+    out["text"] = [
+        f"{r['mean']:.{digits}g}" + ("" if r.variant == reference else
+                                     f" (Δ {stats.fmt(r['diff'], r['low'], r['high'], digits, signed=True)})")
+        for _, r in out.iterrows()
+    ]
+    return out
+
+
+def verdict(df: pd.DataFrame, col: str, higher_is_better: bool, reference: str = "proposal") -> pd.Series:
+    """Per variant, how it compares with ``reference`` on ``col``: "better", "worse" or "no
+    detectable difference", from the bootstrap 95% interval of the paired (same seed) difference
+    of means; "n/a" with fewer than 2 seeds. The reference itself is "the reference"."""
+    if reference not in set(df.variant):
+        raise ValueError(f"reference {reference!r} is not a variant in the table")
+    out = stats.compare(df, "variant", reference, col, {col: higher_is_better})
+    return pd.Series(out.verdict.to_numpy(), index=pd.Index(out.variant, name="variant"))

@@ -11,7 +11,9 @@ of the penalty escapes it:
   true features (the blocking failure mode: if the blocker's row cannot move, the penalty pushes
   a latent that learns the feature away from it);
 - :func:`orthogonal_encoder_composed_decoder`: orthogonal encoder directions with composed
-  (non-orthogonal) decoder directions, the case a penalty on encoder rows cannot see.
+  (non-orthogonal) decoder directions, the case a penalty on encoder rows cannot see;
+- :func:`ground_truth_start`: decoder rows at the true features, the reference start for telling
+  an optimum of the objective from a local minimum that training from a random start ends in.
 
 Pure math: imports nothing from training, loading or plotting.
 """
@@ -158,3 +160,37 @@ def orthogonal_encoder_composed_decoder(sae: SAE, true: Tensor, pairs: Sequence[
         W_dec[:n_true] = t
         for a, b in pairs:
             W_dec[a] = (t[a] + t[b]) / (t[a] + t[b]).norm()
+
+
+@torch.no_grad()
+def ground_truth_start(sae: SAE, true: Tensor | Sequence[Tensor]) -> int:
+    """Start at the ground truth: latent i gets decoder row ``true[i] / |true[i]|`` and encoder
+    column equal to it (the tied init at the true features), with zero encoder and decoder bias,
+    for ``i < min(F, n_latents)``. Latents beyond F keep their random init; with fewer latents than
+    features, the first ``n_latents`` features are used. Training then continues as usual, so the
+    SAE ends in the minimum nearest the ground truth.
+
+    Args:
+        true: [F, d] true feature directions, or one [F, d] per model of a stack.
+
+    Returns:
+        The number of latents placed at true features.
+    """
+    models = _models(sae)
+    trues = [true] * len(models) if isinstance(true, Tensor) else list(true)
+    if len(trues) != len(models):
+        raise ValueError(f"need one set of true directions per model: {len(trues)} for {len(models)} models")
+    k = 0
+    for t in trues:
+        if t.ndim != 2 or t.shape[1] != sae.cfg.d:
+            raise ValueError(f"true must have shape [F, d={sae.cfg.d}], got {tuple(t.shape)}")
+        if (t.norm(dim=1) == 0).any():
+            raise ValueError("true has a direction of norm 0")
+    for (W_enc, b_enc, W_dec), t in zip(models, trues):
+        k = min(t.shape[0], sae.cfg.n_latents)
+        u = (t / t.norm(dim=1, keepdim=True))[:k].to(W_dec.dtype)
+        W_dec[:k] = u
+        W_enc[:, :k] = u.T
+        b_enc[:k] = 0.0
+    sae.b_dec.zero_()
+    return k

@@ -2,8 +2,9 @@
 
 Directions are always given as rows (``learned: [n_latents, d]``, ``true: [n_features, d]``).
 Ground-truth metrics: :func:`mmcs` (Sharkey et al.), :func:`mcc` (Hungarian-matched, as SAELens),
-:func:`feature_recovery`, :func:`matched_angle_error` and the composition detector
-:func:`detect_compositions`. Model-only metrics: :func:`l0`, :func:`fvu`, :func:`dead_fraction`,
+:func:`feature_recovery`, :func:`matched_angle_error` and two composition detectors: geometric
+(:func:`detect_compositions`, decoder directions) and by activation
+(:func:`activation_compositions`, what a latent fires on), compared by :func:`detector_agreement`. Model-only metrics: :func:`l0`, :func:`fvu`, :func:`dead_fraction`,
 :func:`nn_abs_cos_distribution`, :func:`histogram_peaks`. Across runs: :func:`match_fraction`
 (with :func:`mcc`, seed stability). Pure math: nothing here trains, loads or plots.
 """
@@ -26,6 +27,8 @@ from lib.validation import ParameterTypeError, check_float, check_int, check_ten
 ALONE, IN_COMBINATION, MISSED = "alone", "in combination", "missed"
 # Per-latent kind.
 ATOM, COMPOSITION, OTHER = "atom", "composition", "other"
+# By activation: a latent that fires on each of its parts alone (a union of features, not a conjunction).
+MERGER = "merger"
 
 
 def _rows(name: str, a: Tensor | np.ndarray) -> Tensor:
@@ -54,18 +57,25 @@ def cosine_matrix(a: Tensor, b: Tensor, names: tuple[str, str] = ("a", "b")) -> 
     return an @ bn.T
 
 
-def mmcs(learned: Tensor, true: Tensor) -> float:
-    """Mean over true directions of the max |cos| with any learned direction (both as rows)."""
-    return float(cosine_matrix(true, learned, ("true", "learned")).abs().max(dim=1).values.mean())
+def mmcs(learned: Tensor, true: Tensor, signed: bool = False) -> float:
+    """Mean over true directions of the max |cos| with any learned direction (both as rows).
+
+    ``signed``: the max signed cos instead. With non-negative codes a latent pointing at -f
+    cannot represent f, so the signed score tells a feature from its antipode; |cos| cannot.
+    """
+    c = cosine_matrix(true, learned, ("true", "learned"))
+    return float((c if signed else c.abs()).max(dim=1).values.mean())
 
 
-def mcc(learned: Tensor, true: Tensor) -> float:
+def mcc(learned: Tensor, true: Tensor, signed: bool = False) -> float:
     """Mean |cos| of a one-to-one (Hungarian) matching of learned to true directions.
 
     With unequal counts, the min(n_learned, n_true) matched pairs are averaged (as SAELens's
-    ``mean_correlation_coefficient``).
+    ``mean_correlation_coefficient``). ``signed``: match and average the signed cos instead
+    (see :func:`mmcs`).
     """
-    c = cosine_matrix(learned, true, ("learned", "true")).abs().numpy()
+    c = cosine_matrix(learned, true, ("learned", "true")).numpy()
+    c = c if signed else np.abs(c)
     r, k = linear_sum_assignment(-c)
     return float(c[r, k].mean())
 
@@ -183,6 +193,166 @@ def _codes(codes: Tensor) -> Tensor:
     if codes.shape[-2] == 0:
         raise ValueError(f"codes must hold at least one input, got shape {tuple(codes.shape)}")
     return codes
+@dataclass
+class ActivationCompositionReport:
+    """Result of :func:`activation_compositions`.
+
+    Attributes:
+        latent_kind: [n_latents] ``"composition"`` (fires on its parts together, far less apart),
+            ``"merger"`` (fires on each part alone: one latent for several features) or ``"other"``.
+        latent_parts: per latent, the features it composes or merges (() for "other").
+        rate_together: [n_latents] firing rate on samples where all its parts are active (nan for
+            "other").
+        rate_apart: [n_latents] for a composition, the highest firing rate on samples where one
+            part is missing and the others are active; for a merger, the lowest rate on samples where
+            only one of its parts is active (nan for "other").
+    """
+
+    latent_kind: list[str]
+    latent_parts: list[tuple[int, ...]]
+    rate_together: np.ndarray
+    rate_apart: np.ndarray
+
+    @property
+    def n_compositions(self) -> int:
+        return self.latent_kind.count(COMPOSITION)
+
+    @property
+    def n_mergers(self) -> int:
+        return self.latent_kind.count(MERGER)
+
+
+def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion p observed on n samples."""
+    centre = p + z * z / (2 * n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float((centre - half) / (1 + z * z / n)), float((centre + half) / (1 + z * z / n))
+
+
+def activation_compositions(
+    codes: Tensor | np.ndarray,
+    coeffs: Tensor | np.ndarray,
+    max_parts: int = 3,
+    n_candidates: int = 4,
+    min_rate: float = 0.25,
+    max_ratio: float = 0.25,
+    min_support: int = 5,
+    explained: float = 0.9,
+) -> ActivationCompositionReport:
+    """Which latents are compositions by what they *fire on*, whatever their decoder direction.
+
+    A latent *composes* the features P (2..``max_parts`` of them) when it fires on samples where
+    all of P are active at a rate ``r_together >= min_rate``, and on samples where any one part of
+    P is missing (the others active) at most ``max_ratio * r_together``: it fires on A and B
+    together and far less on either alone. "At most" is judged with the Wilson 95% upper bound of
+    each "apart" rate, so a handful of rare co-occurrences cannot make a composition by chance. A
+    latent that is not a composition is a *merger* of P when it fires on every part of P alone
+    (only that part of P active) at a rate whose Wilson lower bound is >= ``min_rate``, and at least
+    ``explained`` of its firing happens with some part of P active: one latent for "A or B", which
+    a decoder-geometry detector also reports as a combination of A and B.
+
+    Candidate parts are the ``n_candidates`` features most often active when the latent fires;
+    every event needs ``min_support`` samples (pairs that never occur apart cannot be tested). The
+    smallest P that passes is reported (among those of that size, the one with the largest
+    contrast). :func:`detector_agreement` compares the result with :func:`detect_compositions`.
+
+    Args:
+        codes: [S, n_latents] codes on evaluation samples (> 0 = fires).
+        coeffs: [S, n_features] their ground-truth coefficients (> 0 = active).
+    """
+    codes = np.asarray(torch.as_tensor(codes).detach().cpu())
+    coeffs = np.asarray(torch.as_tensor(coeffs).detach().cpu())
+    if codes.ndim != 2 or coeffs.ndim != 2 or codes.shape[0] != coeffs.shape[0] or codes.shape[0] == 0:
+        raise ValueError(f"codes [S, n] and coeffs [S, F] need the same S > 0, got {codes.shape}, {coeffs.shape}")
+    if not isinstance(max_parts, int) or max_parts < 2:
+        raise ValueError(f"max_parts must be an int >= 2, got {max_parts!r}")
+    if not isinstance(n_candidates, int) or n_candidates < 2:
+        raise ValueError(f"n_candidates must be an int >= 2, got {n_candidates!r}")
+    if not 0 < min_rate <= 1 or not 0 <= max_ratio < 1 or not 0 < explained <= 1:
+        raise ValueError(f"need min_rate and explained in (0, 1], max_ratio in [0, 1), got {min_rate}, {explained}, "
+                         f"{max_ratio}")
+    if not isinstance(min_support, int) or min_support < 1:
+        raise ValueError(f"min_support must be a positive int, got {min_support!r}")
+    fires = codes > 0  # [S, n]
+    active = coeffs > 0  # [S, F]
+    n_fire = fires.sum(0)
+    # P(feature active | latent fires): [n, F]
+    given = (fires.T.astype(np.float64) @ active.astype(np.float64)) / np.maximum(n_fire, 1)[:, None]
+    kinds, parts = [], []
+    together = np.full(codes.shape[1], np.nan)
+    apart = np.full(codes.shape[1], np.nan)
+    for i in range(codes.shape[1]):
+        found: tuple[int, ...] = ()
+        kind = OTHER
+        cand = [int(j) for j in np.argsort(-given[i], kind="stable")[:n_candidates] if given[i, j] > 0]
+        if n_fire[i] >= min_support and len(cand) >= 2:
+            # Every event below is a set of activity patterns of the candidates: count samples and
+            # firings per pattern once (2^k patterns), then sum over patterns.
+            pattern = active[:, cand].astype(np.int64) @ (1 << np.arange(len(cand)))
+            n_pat = np.bincount(pattern, minlength=1 << len(cand))
+            k_pat = np.bincount(pattern, weights=fires[:, i], minlength=1 << len(cand))
+            pats = np.arange(len(n_pat))
+
+            def rate(sel: np.ndarray, n_pat: np.ndarray = n_pat, k_pat: np.ndarray = k_pat) -> tuple[float, int]:
+                n = int(n_pat[sel].sum())
+                return (float(k_pat[sel].sum()) / n if n else float("nan")), n
+
+            for size in range(2, min(max_parts, len(cand)) + 1):
+                best_c, best_m = (-np.inf, ()), (-np.inf, ())
+                for subset in combinations(range(len(cand)), size):
+                    mask = sum(1 << j for j in subset)
+                    inside = pats & mask
+                    r_all, n_all = rate(inside == mask)
+                    # composition: together, far less with one part missing
+                    if n_all >= min_support:
+                        r_apart, upper, ok = 0.0, 0.0, True
+                        for j in subset:
+                            r, n = rate(inside == (mask ^ (1 << j)))
+                            if n < min_support:
+                                ok = False
+                                break
+                            r_apart, upper = max(r_apart, r), max(upper, _wilson(r, n)[1])
+                        if ok and r_all >= min_rate and upper <= max_ratio * r_all and r_all - r_apart > best_c[0]:
+                            best_c = (r_all - r_apart, tuple(sorted(cand[j] for j in subset)), r_all, r_apart)
+                    # merger: fires on every part alone, and its firing is mostly explained by the parts
+                    alone = [rate(inside == (1 << j)) for j in subset]
+                    if all(n >= min_support for _, n in alone):
+                        low = min(_wilson(r, n)[0] for r, n in alone)
+                        share = float(k_pat[inside != 0].sum()) / max(float(k_pat.sum()), 1.0)
+                        r_min = min(r for r, _ in alone)
+                        if low >= min_rate and share >= explained and r_min > best_m[0]:
+                            best_m = (r_min, tuple(sorted(cand[j] for j in subset)), r_all, r_min)
+                for best, k in ((best_c, COMPOSITION), (best_m, MERGER)):
+                    if best[1]:
+                        found, kind, together[i], apart[i] = best[1], k, best[2], best[3]
+                        break
+                if found:
+                    break
+        kinds.append(kind)
+        parts.append(found)
+    return ActivationCompositionReport(kinds, parts, together, apart)
+
+
+def detector_agreement(geometric: CompositionReport, by_activation: ActivationCompositionReport) -> dict[str, float]:
+    """How the geometric and the activation-based detector compare, latent by latent.
+
+    Returns ``agree`` (fraction of latents both call composition or both not), ``both``,
+    ``geometric_only``, ``activation_only`` (counts of latents), ``geometric_as_merger`` (latents
+    the geometric detector calls compositions that fire on each part alone) and ``same_parts`` (of
+    the latents both call compositions, the fraction with the same parts).
+    """
+    g = np.array([k == COMPOSITION for k in geometric.latent_kind])
+    a = np.array([k == COMPOSITION for k in by_activation.latent_kind])
+    m = np.array([k == MERGER for k in by_activation.latent_kind])
+    if g.shape != a.shape:
+        raise ValueError(f"the reports cover different latents: {g.shape} vs {a.shape}")
+    both = g & a
+    same = [geometric.latent_parts[i] == by_activation.latent_parts[i] for i in np.flatnonzero(both)]
+    return {
+        "agree": float((g == a).mean()), "both": int(both.sum()), "geometric_only": int((g & ~a).sum()),
+        "activation_only": int((a & ~g).sum()), "geometric_as_merger": int((g & m).sum()),
+        "same_parts": float(np.mean(same)) if same else float("nan"),
+    }
 
 
 def l0(codes: Tensor) -> Tensor:

@@ -10,6 +10,11 @@ decoder. In 2-D a solution with at most 2 non-zeros exists, so enumerating all s
 <= 2 (closed form each) gives the exact minimum. :func:`search_optimum` minimises ``E_x L`` over
 decoder angles by a dense grid over sorted angle tuples (latents are interchangeable), then
 refines the best grid points (angles and decoder bias) by gradient descent.
+
+With ``ortho_weight > 0`` the searched objective is the *penalised* one,
+``E_x L + ortho_weight * P(D)``, with ``P`` the orthogonality penalty of :mod:`lib.ortho` on the
+decoder rows (every latent counted as active, which it is wherever every latent is used; an SAE
+with a latent that never fires pays the penalty of its active latents only).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lib.validation import check_float, check_int, check_tensor
+from lib.ortho import PENALTY_SHAPES, OrthoConfig, nn_abs_cos
+from lib.validation import check_float, check_instance, check_int, check_tensor
 
 
 def best_code_loss(x: Tensor, D: Tensor, b: Tensor, l1: float) -> Tensor:
@@ -65,13 +71,31 @@ def best_code_loss(x: Tensor, D: Tensor, b: Tensor, l1: float) -> Tensor:
     return best.mean(-1)
 
 
+def decoder_penalty(D: Tensor, ortho: OrthoConfig) -> Tensor:
+    """Orthogonality penalty of decoder rows, every row counted as active.
+
+    D: [..., n, d] -> [...] mean over rows of ``shape(nearest-neighbour |cos|)`` (as
+    :func:`lib.ortho.ortho_penalty` with all latents active; decoder target only).
+    """
+    if ortho.target != "decoder":
+        raise ValueError(f"the optimum search penalises decoder rows; got ortho.target={ortho.target!r}")
+    lead = D.shape[:-2]
+    flat = D.reshape(-1, *D.shape[-2:])
+    c = nn_abs_cos(flat, tie_tol=ortho.tie_tol, reduction=ortho.reduction, tie_mode=ortho.tie_mode,
+                   chunk=ortho.chunk)
+    return PENALTY_SHAPES[ortho.shape](c).mean(-1).reshape(lead)
+
+
 @dataclass
 class Optimum:
-    """decoder: [n, 2] unit rows; bias: [2]; loss: the minimal mean objective found."""
+    """decoder: [n, 2] unit rows; bias: [2]; loss: the minimal mean objective found (including
+    ``ortho_weight * penalty`` for a penalised search); penalty: the decoder's orthogonality
+    penalty (not weighted; 0 for the vanilla objective)."""
 
     decoder: Tensor
     bias: Tensor
     loss: float
+    penalty: float = 0.0
 
 
 def _angles_to_rows(theta: Tensor) -> Tensor:
@@ -87,6 +111,8 @@ def search_optimum(
     refine_steps: int = 200,
     grid_samples: int = 512,
     chunk: int = 1024,
+    ortho_weight: float = 0.0,
+    ortho: OrthoConfig | None = None,
 ) -> Optimum:
     """Minimise the best-code objective over decoder angles (and bias) for 2-D data.
 
@@ -98,6 +124,8 @@ def search_optimum(
         n_refine: number of best grid points refined by gradient descent.
         refine_steps: Adam steps per refinement.
         grid_samples: samples used to rank grid points (refinement and the returned loss use all).
+        ortho_weight: lambda_orth of the penalised objective (0: the vanilla objective).
+        ortho: the penalty (default: the proposal, :class:`lib.ortho.OrthoConfig`).
     """
     x = check_tensor("x", x, 2)
     if x.shape[1] != 2 or x.shape[0] == 0:
@@ -109,6 +137,15 @@ def search_optimum(
     refine_steps = check_int("refine_steps", refine_steps, 0)
     grid_samples = check_int("grid_samples", grid_samples, 1)
     chunk = check_int("chunk", chunk, 1)
+    ortho_weight = check_float("ortho_weight", ortho_weight, 0.0)
+    if ortho_weight > 0 and n_latents < 2:
+        raise ValueError("a penalised search needs n_latents >= 2 (a nearest neighbour)")
+    ortho = OrthoConfig() if ortho is None else check_instance("ortho", ortho, OrthoConfig)
+
+    def objective(D: Tensor, b: Tensor, xs: Tensor) -> Tensor:
+        out = best_code_loss(xs, D, b, l1)
+        return out + ortho_weight * decoder_penalty(D, ortho) if ortho_weight > 0 else out
+
     grid = torch.deg2rad(torch.arange(0.0, 360.0, grid_step_deg))
     idx = torch.tensor(list(combinations(range(len(grid)), n_latents)))
     theta = grid[idx]  # [C, n]
@@ -116,26 +153,32 @@ def search_optimum(
     with torch.no_grad():
         for s in range(0, len(theta), chunk):
             D = _angles_to_rows(theta[s : s + chunk])
-            losses.append(best_code_loss(x[:grid_samples], D, torch.zeros(len(D), 2), l1))
+            losses.append(objective(D, torch.zeros(len(D), 2), x[:grid_samples]))
     losses = torch.cat(losses)
     top = losses.argsort()[: max(1, n_refine)]
     th = theta[top].clone().requires_grad_(True)
     b = torch.zeros(len(top), 2, requires_grad=True)
     opt = torch.optim.Adam([th, b], lr=1e-2)
     for _ in range(refine_steps):
-        loss = best_code_loss(x, _angles_to_rows(th), b, l1).sum()
+        loss = objective(_angles_to_rows(th), b, x).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    def penalty(D: Tensor) -> float:
+        return float(decoder_penalty(D, ortho)) if ortho_weight > 0 else 0.0
+
     with torch.no_grad():
-        final = best_code_loss(x, _angles_to_rows(th), b, l1)
+        final = objective(_angles_to_rows(th), b, x)
         # keep the grid point if refinement did not help (the objective is only piecewise smooth)
-        grid_best = best_code_loss(x, _angles_to_rows(theta[top]), torch.zeros(len(top), 2), l1)
+        grid_best = objective(_angles_to_rows(theta[top]), torch.zeros(len(top), 2), x)
         i = int(final.argmin())
         if float(grid_best.min()) < float(final[i]):
             j = int(grid_best.argmin())
-            return Optimum(_angles_to_rows(theta[top[j]]), torch.zeros(2), float(grid_best[j]))
-        return Optimum(_angles_to_rows(th[i].detach()), b[i].detach().clone(), float(final[i]))
+            D = _angles_to_rows(theta[top[j]])
+            return Optimum(D, torch.zeros(2), float(grid_best[j]), penalty(D))
+        D = _angles_to_rows(th[i].detach())
+        return Optimum(D, b[i].detach().clone(), float(final[i]), penalty(D))
 
 
 def angles_deg(rows: Tensor) -> np.ndarray:

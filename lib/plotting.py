@@ -140,11 +140,18 @@ def grid_of_lines(
     ylabel: str,
     suptitle: str = "",
     logx: bool = False,
+    logy: bool = False,
+    ncols: int | None = None,
 ) -> plt.Figure:
-    """Several :func:`lines_with_spread` panels side by side. panels: title -> series."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False, sharey=True)
-    for ax, (title, series) in zip(axes[0], panels.items()):
-        lines_with_spread(x, series, xlabel, ylabel, title=title, logx=logx, ax=ax)
+    """Several :func:`lines_with_spread` panels, ``ncols`` per row (default: all in one row).
+    panels: title -> series."""
+    ncols = ncols or len(panels)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.6 * nrows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, series) in zip(axes.flat, panels.items()):
+        lines_with_spread(x, series, xlabel, ylabel, title=title, logx=logx, logy=logy, ax=ax)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
@@ -354,3 +361,70 @@ def by_setting(
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+def frontiers(
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+    xlabel: str,
+    ylabel: str,
+    suptitle: str = "",
+    logx: bool = False,
+    logy: bool = False,
+) -> plt.Figure:
+    """Sweep curves per seed (thin) and their mean (thick, marked), one panel per key.
+
+    panels: title -> label -> (x [n_seeds, n_points], y [n_seeds, n_points]), e.g. L0 and FVU
+    over an L1 sweep.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels.items()):
+        for color, (label, (xs, ys)) in zip(sns.color_palette(n_colors=len(series)), series.items()):
+            xs, ys = np.atleast_2d(np.asarray(xs, float)), np.atleast_2d(np.asarray(ys, float))
+            for xi, yi in zip(xs, ys):
+                ax.plot(xi, yi, color=color, alpha=0.25, lw=0.8)
+            ax.plot(np.nanmean(xs, 0), np.nanmean(ys, 0), color=color, marker="o", lw=2, label=label)
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.legend(fontsize="small")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def intervals(
+    labels: Sequence[str],
+    diff: Sequence[float],
+    low: Sequence[float],
+    high: Sequence[float],
+    xlabel: str,
+    groups: Sequence[str] | None = None,
+    title: str = "",
+    ax: plt.Axes | None = None,
+) -> plt.Figure:
+    """A forest plot: one paired difference per row with its interval, and the zero line.
+
+    labels, diff, low, high: [n] (e.g. from :func:`lib.stats.compare`); ``groups`` colours rows.
+    """
+    fig = None
+    n = len(labels)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 0.3 * n + 1.3))
+    diff, low, high = (np.asarray(v, float) for v in (diff, low, high))
+    keys = list(dict.fromkeys(groups or ["all"]))
+    palette = dict(zip(keys, sns.color_palette(n_colors=len(keys))))
+    colors = [palette[g] for g in (groups or ["all"] * n)]
+    y = np.arange(n)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.hlines(y, low, high, colors=colors, lw=2)
+    ax.scatter(diff, y, c=colors, zorder=3, s=18)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set(xlabel=xlabel, title=title)
+    ax.grid(axis="x", alpha=0.3)
+    if fig is not None:
+        fig.tight_layout()
+    return ax.figure if fig is None else fig

@@ -14,6 +14,7 @@ Rows of ``W_dec`` are the latent (dictionary) directions, as in SAELens.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from lib.validation import check_choice, check_instance, check_int, check_tensor
 
 SAE_KINDS = ("relu", "topk")
+INITS = ("tied", "independent")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class SAEConfig:
         kind: ``"relu"`` (ReLU encoder, trained with an L1 penalty) or ``"topk"``.
         k: active latents per input for ``"topk"``; must be None for ``"relu"``.
         n_models: number of stacked independent models, or None for a single SAE.
+        init: ``"tied"`` (encoder = decoder transpose, as SAELens and dictionary_learning) or
+            ``"independent"`` (encoder columns are their own random unit vectors, drawn after the
+            decoder from the same generator, so the decoder is the same as with ``"tied"``).
     """
 
     d: int
@@ -41,6 +46,7 @@ class SAEConfig:
     kind: str = "relu"
     k: int | None = None
     n_models: int | None = None
+    init: str = "tied"
 
     def __post_init__(self) -> None:
         for name in ("d", "n_latents"):
@@ -51,6 +57,18 @@ class SAEConfig:
         elif self.k is not None:
             raise ValueError(f"k is only used with kind='topk'; pass k=None for kind={self.kind!r}, got k={self.k!r}")
         object.__setattr__(self, "n_models", check_int("n_models", self.n_models, 1, optional=True))
+        check_choice("init", self.init, INITS)
+
+    def key_fields(self) -> dict:
+        """The fields that identify the architecture in run keys and checkpoint fingerprints.
+
+        ``init`` appears only when it is not the default, so runs keyed before the field existed
+        keep their keys (and their checkpoints stay resumable).
+        """
+        out = dataclasses.asdict(self)
+        if out["init"] == "tied":
+            del out["init"]
+        return out
 
 
 class SAE(nn.Module):
@@ -69,11 +87,15 @@ class SAE(nn.Module):
         self.cfg = cfg
         lead = () if cfg.n_models is None else (cfg.n_models,)
         # Decoder rows: random unit vectors; encoder initialised as the decoder's transpose
-        # (the tied init used by SAELens and dictionary_learning).
+        # (the tied init used by SAELens and dictionary_learning), or independently.
         w_dec = torch.randn(*lead, cfg.n_latents, cfg.d, generator=generator)
         w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)
-        self.W_enc = nn.Parameter(w_dec.transpose(-1, -2).clone())
+        if cfg.init == "tied":
+            self.W_enc = nn.Parameter(w_dec.transpose(-1, -2).clone())
+        else:
+            w_enc = torch.randn(*lead, cfg.n_latents, cfg.d, generator=generator)
+            self.W_enc = nn.Parameter((w_enc / w_enc.norm(dim=-1, keepdim=True)).transpose(-1, -2).contiguous())
         self.b_enc = nn.Parameter(torch.zeros(*lead, cfg.n_latents))
         self.b_dec = nn.Parameter(torch.zeros(*lead, cfg.d))
 
@@ -132,7 +154,7 @@ class SAE(nn.Module):
             raise IndexError(f"model index must be in [0, {self.cfg.n_models}), got {i}")
         # A private generator: the init is overwritten below, and drawing it from the global
         # generator would silently shift every later random draw (data, other models' init).
-        cfg = SAEConfig(self.cfg.d, self.cfg.n_latents, self.cfg.kind, self.cfg.k)
+        cfg = SAEConfig(self.cfg.d, self.cfg.n_latents, self.cfg.kind, self.cfg.k, init=self.cfg.init)
         single = SAE(cfg, generator=torch.Generator())
         with torch.no_grad():
             for name, p in single.named_parameters():

@@ -7,6 +7,7 @@ L1 and orthogonality weight), then evaluated into more columns of the same table
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 from collections.abc import Callable, Sequence
@@ -17,10 +18,12 @@ import torch
 from torch import Tensor
 
 from lib import metrics
+from lib.objective import objective_terms
+from lib.optimum import Optimum
 from lib.ortho import OrthoConfig
 from lib.sae import SAE, SAEConfig
 from lib.toy import SphereData, ToyData, stack_sampler
-from lib.train import TrainConfig, train
+from lib.train import TrainConfig, TrainResult, train
 from lib.validation import (
     ParameterTypeError,
     check_callable,
@@ -137,6 +140,8 @@ def train_stack(
     device: str = "cpu",
     progress: bool = False,
     init: Callable[[SAE], None] | None = None,
+    paired: bool = False,
+    init_scheme: str = "tied",
 ) -> SAE:
     """Train one SAE per row of ``rows``, all at once.
 
@@ -148,6 +153,73 @@ def train_stack(
         seed: seed of the decoder initialisation.
         init: edits the freshly initialised SAE in place before training (e.g. a constructed
             starting point from :mod:`lib.constructions`).
+        paired: models with the same ``seed`` column share their initialisation, and models with
+            the same seed and the same data set share every batch (common random numbers), so
+            conditions can be compared seed by seed. Seed ``s`` then starts from, and sees the data
+            of, model ``s`` of an unpaired stack of ``[data] * n_seeds``. Needs a ``seed`` column
+            and one data set per row.
+        init_scheme: :attr:`lib.sae.SAEConfig.init` (``"tied"`` or ``"independent"`` encoder) of
+            every model; a column ``init`` of ``rows`` sets it per model instead (all schemes start
+            from the same decoders for the same seed).
+    """
+    return fit_stack(
+        rows, sample, d, n_latents, kind=kind, k=k, steps=steps, batch_size=batch_size, lr=lr, l1=l1,
+        ortho_weight=ortho_weight, ortho=ortho, seed=seed, device=device, progress=progress, init=init,
+        paired=paired, init_scheme=init_scheme,
+    )[0]
+
+
+def _paired(rows: pd.DataFrame, sample: Source) -> tuple[Callable[[int], Tensor], list[int]]:
+    """(sampler sharing batches per (data set, seed), index of each model's seed among the sorted
+    distinct seeds)."""
+    if "seed" not in rows:
+        raise ValueError("paired=True needs a 'seed' column in rows")
+    if callable(sample):
+        raise TypeError("paired=True needs one data set per row, not a sampler callable")
+    datasets = list(sample)
+    if len(datasets) != len(rows):
+        raise ValueError(f"need one data set per row: {len(datasets)} data sets for {len(rows)} rows")
+    seeds = [int(s) for s in rows["seed"]]
+    order = list(dict.fromkeys(id(ds) for ds in datasets))  # data sets in order of first appearance
+    by_id = {id(ds): ds for ds in datasets}
+    keys = [(i, s) for i in order for s in sorted({s for ds, s in zip(datasets, seeds) if id(ds) == i})]
+    pos = {key: j for j, key in enumerate(keys)}
+    idx = torch.tensor([pos[(id(ds), s)] for ds, s in zip(datasets, seeds)])
+    unique = [by_id[i] for i, _ in keys]
+    distinct = sorted(set(seeds))
+    return (lambda batch: stack_sampler(unique, batch)[idx]), [distinct.index(s) for s in seeds]
+
+
+def fit_stack(
+    rows: pd.DataFrame,
+    sample: Source,
+    d: int,
+    n_latents: int,
+    *,
+    kind: str = "relu",
+    k: int | None = None,
+    steps: int = 2000,
+    batch_size: int = 512,
+    lr: float = 3e-3,
+    l1: float = 0.1,
+    ortho_weight: float = 0.0,
+    ortho: OrthoConfig | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    init: Callable[[SAE], None] | None = None,
+    paired: bool = False,
+    init_scheme: str = "tied",
+    snapshot_steps: Sequence[int] = (),
+    log_every: int | None = None,
+) -> tuple[SAE, TrainResult]:
+    """:func:`train_stack`, also returning the training history and parameter snapshots.
+
+    Args:
+        snapshot_steps: steps after which a copy of the stack's parameters is kept
+            (``TrainResult.snapshots``); with the default constant learning rate, the snapshot at
+            step s is the model a run of s steps would end with.
+        log_every: steps between history records (default: steps // 10).
     """
     check_instance("rows", rows, pd.DataFrame)
     m = len(rows)
@@ -157,7 +229,10 @@ def train_stack(
     seed = check_int("seed", seed, 0)
     if init is not None:
         check_callable("init", init)
-    sae_cfg = SAEConfig(d=d, n_latents=n_latents, kind=kind, k=k, n_models=m)
+    schemes = [str(v) for v in rows["init"]] if "init" in rows else [init_scheme] * m
+    # the stack's config records one scheme; with an "init" column each model follows its row
+    stack_scheme = schemes[0] if len(set(schemes)) == 1 else "tied"
+    sae_cfg = SAEConfig(d=d, n_latents=n_latents, kind=kind, k=k, n_models=m, init=stack_scheme)
     cfg = TrainConfig(
         steps=steps,
         batch_size=batch_size,
@@ -165,14 +240,58 @@ def train_stack(
         l1_coeff=_column_or(rows, "l1", l1),
         ortho_weight=_column_or(rows, "ortho_weight", ortho_weight),
         ortho=ortho or OrthoConfig(),
-        log_every=max(1, steps // 10),
+        log_every=log_every or max(1, steps // 10),
+        snapshot_steps=tuple(int(s) for s in snapshot_steps),
     )
-    sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(seed))
+    if paired:
+        sampler, index = _paired(rows, sample)
+        n_base = max(index) + 1
+    else:
+        sampler, index, n_base = as_sampler(sample), list(range(m)), m
+    if not paired and len(set(schemes)) == 1:
+        sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(seed))
+    else:
+        # every scheme's initial stack from the same seed (so the decoders agree), then model i
+        # takes row index[i] of its scheme's stack
+        bases = {
+            s: SAE(SAEConfig(d=d, n_latents=n_latents, kind=kind, k=k, n_models=n_base, init=s),
+                   generator=torch.Generator().manual_seed(seed))
+            for s in dict.fromkeys(schemes)
+        }
+        sae = SAE(sae_cfg, generator=torch.Generator())  # parameters replaced below
+        with torch.no_grad():
+            for name, p in sae.named_parameters():
+                for s, base in bases.items():
+                    rows_s = [i for i in range(m) if schemes[i] == s]
+                    p[rows_s] = getattr(base, name)[[index[i] for i in rows_s]]
     if init is not None:
         init(sae)
     sae = sae.to(device)
-    train(sae, as_sampler(sample), cfg, progress=progress)
-    return sae.cpu()
+    result = train(sae, sampler, cfg, progress=progress)
+    return sae.cpu(), result
+
+
+def eval_batches(datasets: Sequence[ToyData], n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Fixed evaluation inputs and their ground-truth coefficients, one set per *distinct* data
+    set (models on the same data set are evaluated on the same samples, as pairing needs). Every
+    data set draws from the same ``seed``, so data sets that differ only in their embedding get the
+    same coefficients; the global RNG stream is left where it was.
+
+    Returns:
+        ``x: [M, n, d]`` and ``coeffs: [M, n, F]`` (one entry per model, shared where the data set is).
+    """
+    state = torch.get_rng_state()
+    try:
+        cache: dict[int, tuple[Tensor, Tensor]] = {}
+        for ds in datasets:
+            if id(ds) not in cache:
+                torch.manual_seed(seed)
+                cache[id(ds)] = tuple(ds.sample(n))
+        x = torch.stack([cache[id(ds)][0] for ds in datasets])
+        c = torch.stack([cache[id(ds)][1] for ds in datasets])
+        return x, c
+    finally:
+        torch.set_rng_state(state)
 
 
 @torch.no_grad()
@@ -210,14 +329,67 @@ def evaluate_stack(sae: SAE, x: Tensor, l1: Sequence[float] | float = 0.0) -> pd
     )
 
 
+def at_step(sae: SAE, snapshot: dict[str, Tensor]) -> SAE:
+    """A copy of the stack ``sae`` with the parameters of a snapshot (``TrainResult.snapshots[step]``)."""
+    out = SAE(sae.cfg, generator=torch.Generator())  # init overwritten
+    out.load_state_dict(snapshot)
+    return out
+
+
+def subset(sae: SAE, index: Sequence[int]) -> SAE:
+    """A stack of the models ``index`` of ``sae`` (copied parameters)."""
+    index = [int(i) for i in index]
+    if not index:
+        raise ValueError("index is empty")
+    out = SAE(dataclasses.replace(sae.cfg, n_models=len(index)), generator=torch.Generator())  # init overwritten
+    out.load_state_dict({k: v[index].clone() for k, v in sae.state_dict().items()})
+    return out
+
+
+def optimum_scores(
+    sae: SAE,
+    x: Tensor,
+    optima: Sequence[Optimum],
+    l1: Sequence[float] | float,
+    ortho_weight: Sequence[float] | float = 0.0,
+    ortho: OrthoConfig | None = None,
+) -> pd.DataFrame:
+    """Each stacked model against its objective's optimum (:mod:`lib.optimum`, 2-D toy data).
+
+    Args:
+        x: [S, 2] the evaluation samples the optima were computed on (shared by all models).
+        optima: one :class:`lib.optimum.Optimum` per model (of the objective with that model's
+            ``l1`` and ``ortho_weight``).
+
+    Returns:
+        One row per model: ``objective`` (vanilla, or penalised with ``ortho_weight``), ``gap``
+        (relative excess over the optimum's loss) and ``angle_err`` (Hungarian-matched angle in
+        degrees between the decoder rows and the optimum's).
+    """
+    m = sae.cfg.n_models
+    if len(optima) != m:
+        raise ValueError(f"need one optimum per model: {len(optima)} for {m} models")
+    obj = objective_terms(sae, x, l1, ortho_weight, ortho)["penalised"]
+    best = np.array([o.loss for o in optima])
+    return pd.DataFrame({
+        "objective": obj,
+        "gap": (obj - best) / best,
+        "angle_err": [metrics.matched_angle_error(sae.W_dec[i].detach(), o.decoder) for i, o in enumerate(optima)],
+    })
+
+
 def ground_truth_scores(
-    sae: SAE, true: Tensor | Sequence[Tensor], composed: Tensor | None = None, **detector: float
+    sae: SAE, true: Tensor | Sequence[Tensor], composed: Tensor | None = None, signed: bool = False,
+    reports: bool = False, **detector: float,
 ) -> pd.DataFrame:
     """Recovery of ground-truth directions by each stacked model's decoder.
 
     Args:
         true: [F, d] true directions shared by all models, or one [F, d] per model.
         composed: optional [C, d] composed directions; adds ``mcc_composed``.
+        signed: also the signed scores ``mmcs_signed``, ``mcc_signed`` (and
+            ``mcc_composed_signed``), which tell a feature from its antipode.
+        reports: also the detector's :class:`lib.metrics.CompositionReport` (column ``report``).
         detector: keyword arguments for :func:`lib.metrics.detect_compositions`.
 
     Returns:
@@ -244,9 +416,44 @@ def ground_truth_scores(
             "missed": rep.fraction(metrics.MISSED),
             "status": rep.feature_status,
         }
+        if reports:
+            row["report"] = rep
         if composed is not None:
             row["mcc_composed"] = metrics.mcc(W, composed)
+        if signed:
+            row["mmcs_signed"] = metrics.mmcs(W, trues[i], signed=True)
+            row["mcc_signed"] = metrics.mcc(W, trues[i], signed=True)
+            if composed is not None:
+                row["mcc_composed_signed"] = metrics.mcc(W, composed, signed=True)
         out.append(row)
+    return pd.DataFrame(out)
+
+
+@torch.no_grad()
+def activation_scores(
+    sae: SAE, x: Tensor, coeffs: Tensor, true: Tensor, reports: Sequence[metrics.CompositionReport] | None = None,
+    **detector,
+) -> pd.DataFrame:
+    """Per stacked model: compositions by what latents fire on (:func:`lib.metrics.activation_compositions`
+    on the codes of ``x: [S, d]`` with ground-truth ``coeffs: [S, F]``) and the agreement with the
+    geometric detector (:func:`lib.metrics.detector_agreement`, decoder rows vs ``true: [F, d]``;
+    ``reports``: the geometric reports per model, if already computed).
+
+    Returns:
+        One row per model: ``n_compositions_act`` and ``n_mergers_act`` (latents by activation),
+        ``detector_agree`` (fraction of latents both detectors classify alike as composition or not),
+        ``compositions_both`` (latents both call compositions) and ``geometric_as_merger``
+        (geometric compositions that fire on each part alone).
+    """
+    out = []
+    for i in range(sae.cfg.n_models):  # one model at a time: [S, n] codes, not [M, S, n]
+        single = sae.select(i)
+        act = metrics.activation_compositions(single.encode(x), coeffs, **detector)
+        geo = reports[i] if reports is not None else metrics.detect_compositions(single.W_dec.detach(), true)
+        agree = metrics.detector_agreement(geo, act)
+        out.append({"n_compositions_act": act.n_compositions, "n_mergers_act": act.n_mergers,
+                    "detector_agree": agree["agree"], "compositions_both": agree["both"],
+                    "geometric_as_merger": agree["geometric_as_merger"]})
     return pd.DataFrame(out)
 
 

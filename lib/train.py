@@ -147,7 +147,7 @@ class TrainConfig:
         Canonical: configurations that train the same run give the same string (``0`` and
         ``0.0``, ``(x,)`` and ``x`` are the same value; see :func:`lib.validation.canonical`).
         """
-        return canonical_json({"train": self, "sae": sae.cfg})
+        return canonical_json({"train": self, "sae": sae.cfg.key_fields()})
 
 
 @dataclass

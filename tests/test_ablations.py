@@ -124,7 +124,8 @@ def test_run_variants_rows_and_columns(result):
     assert seen == [(SEEDS, N), (SEEDS, N), (SEEDS, 10)]  # init ran once per variant, before training
     want = {"ortho_weight", "seed", "loss", "recon", "l0", "fvu", "dead", "mmcs", "mcc", "n_compositions",
             "alone", "in_combination", "missed", "rare_alone", "nn_cos_mean", "nn_cos_p95", "near_duplicates",
-            "model_index", "w00", "variant", "group", "n_latents"}
+            "model_index", "w00", "variant", "group", "n_latents", "objective_vanilla", "objective_own",
+            "weight_factor"}
     assert set(df.columns) == want
     for v in VARIANTS:
         rows = df[df.variant == v.name]
@@ -247,3 +248,103 @@ def test_summary_matches_arithmetic_on_run_table(result):
 def test_summary_unknown_reference():
     with pytest.raises(ValueError, match="reference 'nope' is not a variant in the table"):
         ablations.summary(hand_table(), ["x"], reference="nope")
+
+
+# --------------------------------------------------------------- paired verdicts and weight tuning
+
+
+def paired_table() -> pd.DataFrame:
+    """Five seeds; "up" is the proposal + 0.1 on every seed (+ tiny noise), "noisy" the proposal
+    + 0 on average with a spread of 0.3 across seeds."""
+    base = np.array([0.5, 0.9, 0.2, 0.7, 0.4])
+    rows = []
+    for name, values in (("proposal", base), ("up", base + 0.1 + np.array([1, -1, 0, 1, -1]) * 1e-3),
+                         ("noisy", base + np.array([0.3, -0.3, 0.2, -0.2, 0.0]))):
+        rows += [{"group": "g", "variant": name, "seed": s, "x": v} for s, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_verdict_from_paired_interval():
+    v = ablations.verdict(paired_table(), "x", True)
+    assert v["proposal"] == "the reference"
+    assert v["up"] == "better"  # a small but consistent paired difference is detected
+    assert v["noisy"] == "no detectable difference"
+    assert ablations.verdict(paired_table(), "x", False)["up"] == "worse"
+    with pytest.raises(ValueError, match="reference 'nope'"):
+        ablations.verdict(paired_table(), "x", True, reference="nope")
+    one = paired_table()[lambda d: d.seed == 0]
+    assert set(ablations.verdict(one, "x", True).drop("proposal")) == {"n/a (fewer than 2 seeds)"}
+
+
+def test_comparison_text():
+    out = ablations.comparison(paired_table(), ["x"], {"x": True}, digits=2).set_index("variant")
+    assert out.loc["proposal", "text"] == "0.54"
+    assert out.loc["up", "text"].startswith("0.64 (Δ +0.10 [")
+    assert out.loc["up", "verdict"] == "better"
+
+
+def test_weight_factors_train_paired_and_best_weight(toy):
+    data, x_eval = toy
+    with pytest.raises(ValueError, match="non-zero ortho_weight"):
+        Variant("v", "g", 0.0, weight_factors=(1.0, 2.0))
+    with pytest.raises(ValueError, match="distinct positive"):
+        Variant("v", "g", 0.1, weight_factors=(1.0, -2.0))
+    tuned = Variant("proposal", "reference", 0.1, OrthoConfig(), weight_factors=(0.5, 1.0, 3.0))
+    assert tuned.weights == pytest.approx([0.05, 0.1, 0.3])
+    kw = {"steps": 20, "batch_size": BATCH, "lr": 1e-2, "l1": 0.05, "seed": 1}
+    setup(0, threads=1)
+    df, stacks = ablations.run_variants([tuned], [data] * SEEDS, D, N, SEEDS, x_eval, true=data.directions, **kw)
+    assert len(df) == 3 * SEEDS and sorted(set(df.weight_factor)) == [0.5, 1.0, 3.0]
+    # the factor-1 models are the untuned variant's run (same seed: same data, same init)
+    setup(0, threads=1)
+    _, plain = ablations.run_variants([Variant("proposal", "reference", 0.1, OrthoConfig())], [data] * SEEDS, D, N,
+                                      SEEDS, x_eval, **kw)
+    at1 = list(df.index[df.weight_factor == 1.0])
+    torch.testing.assert_close(stacks["proposal"].W_dec[at1], plain["proposal"].W_dec, atol=1e-5, rtol=0)
+    best = ablations.best_weight(df, "mmcs")
+    means = df.groupby("weight_factor").mmcs.mean()
+    assert set(best.weight_factor) == {means.idxmax()} and set(best.best_of) == {3} and len(best) == SEEDS
+    assert set(ablations.best_weight(df, "mmcs", higher_is_better=False).weight_factor) == {means.idxmin()}
+    with pytest.raises(ValueError, match="one data set per seed"):
+        ablations.run_variants([tuned], lambda b: torch.stack([data.sample(b).x] * SEEDS), D, N, SEEDS, x_eval, **kw)
+
+
+def test_run_variants_objectives_and_activation_scores(toy):
+    from lib import objective
+
+    data, _ = toy
+    setup(0, threads=1)
+    batch = data.sample(600)
+    prop = Variant("proposal", "reference", 0.1, OrthoConfig())
+    df, stacks = ablations.run_variants(
+        [Variant("vanilla", "reference"), prop], [data] * SEEDS, D, N, SEEDS, batch.x, true=data.directions,
+        coeffs=batch.coeffs, steps=20, batch_size=BATCH, lr=1e-2, l1=[0.05, 0.2], seed=1,
+        reference_penalty=(0.1, OrthoConfig()),
+    )
+    assert len(df) == 2 * 2 * SEEDS and set(df.l1) == {0.05, 0.2}
+    np.testing.assert_allclose(df.objective_vanilla, df.loss, rtol=1e-6)  # the same objective
+    v = df[df.variant == "vanilla"]
+    np.testing.assert_allclose(v.objective_own, v.objective_vanilla, rtol=1e-6)  # no penalty of its own
+    p = df[df.variant == "proposal"].reset_index(drop=True)
+    want = objective.objective_terms(stacks["proposal"], batch.x, p.l1.to_numpy(), 0.1, OrthoConfig())
+    np.testing.assert_allclose(p.objective_own, want["penalised"], rtol=1e-6)
+    np.testing.assert_allclose(p.objective_penalised, p.objective_own, rtol=1e-6)
+    assert {"n_compositions_act", "detector_agree", "compositions_both"} <= set(df.columns)
+    assert df.detector_agree.between(0, 1).all()
+
+
+def test_with_tuning_and_weight_rows():
+    vs = ablations.standard_variants(0.1, weight_factors=[0.1, 10.0], n_latents=8, size_factors=[2.0], k=2)
+    out = ablations.with_tuning(vs, [0.3, 3.0], tune=["shape linear", "mean |cos| over all"])
+    by = {v.name: v for v in out}
+    assert not any(v.group == "weight" for v in out)  # the weight sweep is the proposal's factors now
+    assert by["proposal"].weight_factors == (0.1, 0.3, 1.0, 3.0, 10.0)
+    assert by["shape linear"].weight_factors == (0.3, 1.0, 3.0)
+    assert by["mean |cos| over all"].weights == pytest.approx([0.03, 0.1, 0.3])
+    assert by["shape square"].weight_factors == () and by["vanilla"].weight_factors == ()
+    with pytest.raises(ValueError, match="not variants"):
+        ablations.with_tuning(vs, [0.3], tune=["nope"])
+    df = pd.DataFrame({"variant": ["proposal"] * 3 + ["vanilla"], "weight_factor": [0.1, 1.0, 10.0, 1.0],
+                       "seed": [0, 0, 0, 0], "group": "reference"})
+    w = ablations.weight_rows(df)
+    assert list(w.variant) == ["λ × 0.1", "λ × 1", "λ × 10"] and set(w.group) == {"weight"}

@@ -241,3 +241,36 @@ def test_plant_blockers_errors(true_shape, blocked, n_latents, cos, match):
         constructions.plant_blockers(sae, true, blocked, cos=cos, at_solution=True)
     for name, p in params(sae).items():
         assert torch.equal(p, before[name]), name
+
+
+@pytest.mark.parametrize("n_models", [None, 2])
+@pytest.mark.parametrize("n_latents", [3, 5, 8])
+def test_ground_truth_start(n_models, n_latents):
+    true = random_directions(5, 6, orthogonal=False, generator=torch.Generator().manual_seed(0)) * 3.0
+    sae = SAE(SAEConfig(d=6, n_latents=n_latents, n_models=n_models), generator=torch.Generator().manual_seed(1))
+    before = sae.W_dec.detach().clone()
+    k = constructions.ground_truth_start(sae, true)
+    assert k == min(5, n_latents)
+    t = true[:k] / true[:k].norm(dim=1, keepdim=True)
+    models = [sae] if n_models is None else [sae.select(i) for i in range(n_models)]
+    for i, m in enumerate(models):
+        torch.testing.assert_close(m.W_dec[:k], t)
+        torch.testing.assert_close(m.W_enc[:, :k], t.T)
+        assert torch.all(m.b_enc[:k] == 0) and torch.all(m.b_dec == 0)
+        rest = before if n_models is None else before[i]
+        assert torch.equal(m.W_dec[k:], rest[k:])  # latents beyond F keep their random init
+    with pytest.raises(ValueError, match="true must have shape"):
+        constructions.ground_truth_start(sae, true[:, :4])
+    with pytest.raises(ValueError, match="norm 0"):
+        constructions.ground_truth_start(sae, torch.zeros(2, 6))
+
+
+def test_ground_truth_start_per_model():
+    a = random_directions(3, 4, orthogonal=True, generator=torch.Generator().manual_seed(0))
+    b = random_directions(3, 4, orthogonal=True, generator=torch.Generator().manual_seed(1))
+    sae = SAE(SAEConfig(d=4, n_latents=3, n_models=2))
+    constructions.ground_truth_start(sae, [a, b])
+    torch.testing.assert_close(sae.W_dec[0], a)
+    torch.testing.assert_close(sae.W_dec[1], b)
+    with pytest.raises(ValueError, match="one set of true directions per model"):
+        constructions.ground_truth_start(sae, [a])

@@ -300,3 +300,84 @@ def test_detect_compositions_anders_2d():
 def test_detect_compositions_bad_args(kw, match):
     with pytest.raises(ValueError, match=match):
         detect_compositions(torch.eye(3), torch.eye(3), **kw)
+
+
+# --- signed recovery and the activation-based composition detector ----------------------------------
+
+
+def test_signed_scores_tell_a_feature_from_its_antipode():
+    x1 = torch.tensor([[1.0, 0.0]])
+    true = torch.cat([x1, -x1])  # antipodal true features, as in the Anders et al. toy model
+    learned = torch.cat([x1, x1 * 2])  # both latents along x1: -x1 is not representable
+    assert mmcs(learned, true) == pytest.approx(1.0) and mcc(learned, true) == pytest.approx(1.0)
+    assert mmcs(learned, true, signed=True) == pytest.approx(0.0)  # (1 + -1) / 2
+    assert mcc(learned, true, signed=True) == pytest.approx(0.0)
+    assert mmcs(true, true, signed=True) == pytest.approx(1.0) and mcc(true.flip(0), true, signed=True) == pytest.approx(1.0)
+
+
+def _constructed_codes(S=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    on = rng.random((S, 8)) < 0.3
+    on[:, 7] = on[:, 6]  # features 6 and 7 never occur apart
+    coeffs = on * rng.uniform(0.1, 1.0, size=on.shape)
+    f = on
+    noise = rng.random(S) < 0.1
+    fires = np.stack([
+        f[:, 0] & f[:, 1],  # 0: composition of 0 and 1
+        f[:, 2],  # 1: an atom of 2
+        f[:, 3] | f[:, 4],  # 2: fires on either alone: not a composition
+        f[:, 0] & f[:, 1] & f[:, 5],  # 3: a composition of three
+        np.zeros(S, bool),  # 4: dead
+        (f[:, 0] & f[:, 1]) | (f[:, 0] & noise),  # 5: together, and 10% of the time on 0 alone
+        f[:, 6] & f[:, 7],  # 6: parts never apart: cannot be tested
+    ], axis=1)
+    codes = fires * rng.uniform(0.5, 1.0, size=fires.shape)
+    return torch.tensor(codes), torch.tensor(coeffs)
+
+
+def test_activation_compositions_constructed():
+    from lib.metrics import MERGER, activation_compositions
+
+    codes, coeffs = _constructed_codes()
+    rep = activation_compositions(codes, coeffs)
+    assert rep.latent_kind == [COMPOSITION, OTHER, MERGER, COMPOSITION, OTHER, COMPOSITION, OTHER]
+    assert rep.latent_parts[0] == (0, 1) and rep.latent_parts[5] == (0, 1) and rep.latent_parts[2] == (3, 4)
+    assert rep.n_compositions == 3 and rep.n_mergers == 1
+    assert rep.rate_together[0] == pytest.approx(1.0) and rep.rate_apart[0] == pytest.approx(0.0)
+    assert 0.05 < rep.rate_apart[5] < 0.15 and np.isnan(rep.rate_together[1])
+    assert rep.rate_apart[2] == pytest.approx(1.0)  # a merger fires on each part alone
+    # latent 3 fires on 0, 1 and 5 together: its pairs fire together at ~0.3 only
+    three = activation_compositions(codes, coeffs, max_parts=3, min_rate=0.5)
+    assert three.latent_kind[3] == COMPOSITION and three.latent_parts[3] == (0, 1, 5)
+    strict = activation_compositions(codes, coeffs, max_ratio=0.05)  # latent 5 fires too often apart
+    assert strict.latent_kind[5] == OTHER and strict.latent_kind[0] == COMPOSITION
+
+
+def test_activation_compositions_bad_args():
+    from lib.metrics import activation_compositions
+
+    codes, coeffs = _constructed_codes(S=50)
+    with pytest.raises(ValueError, match="same S"):
+        activation_compositions(codes[:10], coeffs)
+    with pytest.raises(ValueError, match="max_parts"):
+        activation_compositions(codes, coeffs, max_parts=1)
+    with pytest.raises(ValueError, match="min_rate"):
+        activation_compositions(codes, coeffs, min_rate=0.0)
+    with pytest.raises(ValueError, match="min_support"):
+        activation_compositions(codes, coeffs, min_support=0)
+
+
+def test_detector_agreement():
+    from lib.metrics import ActivationCompositionReport, CompositionReport, detector_agreement
+
+    geo = CompositionReport([ATOM, COMPOSITION, COMPOSITION, OTHER], [(0,), (0, 1), (2, 3), ()], [ALONE] * 4)
+    act = ActivationCompositionReport([OTHER, COMPOSITION, OTHER, COMPOSITION], [(), (0, 1), (), (1, 2)],
+                                      np.full(4, np.nan), np.full(4, np.nan))
+    out = detector_agreement(geo, act)
+    assert out == {"agree": 0.5, "both": 1, "geometric_only": 1, "activation_only": 1, "geometric_as_merger": 0,
+                   "same_parts": 1.0}
+    merged = ActivationCompositionReport([OTHER, COMPOSITION, "merger", OTHER], [(), (0, 1), (2, 3), ()],
+                                         np.full(4, np.nan), np.full(4, np.nan))
+    assert detector_agreement(geo, merged)["geometric_as_merger"] == 1
+    with pytest.raises(ValueError, match="different latents"):
+        detector_agreement(geo, ActivationCompositionReport([OTHER], [()], np.zeros(1), np.zeros(1)))

@@ -122,3 +122,70 @@ def test_search_optimum_bad_args(kw, match):
     args = {"x": torch.zeros(5, 2), "n_latents": 2, "l1": 0.1, **kw}
     with pytest.raises(ValueError, match=match):
         search_optimum(**args)
+
+
+def _two_rays(sep_deg=40.0, S=400, seed=0):
+    """Samples a * u_k with u_1, u_2 at +-sep/2 around 20 degrees and a ~ U[0, 1.5)."""
+    setup(seed, threads=1)
+    rays = torch.tensor(_unit_rows([20 - sep_deg / 2, 20 + sep_deg / 2]), dtype=torch.float32)
+    which = torch.randint(2, (S,))
+    return 1.5 * torch.rand(S)[:, None] * rays[which], rays
+
+
+def test_penalised_search_finds_the_known_optimum():
+    """One-hot data along two orthogonal axes: rows along the axes reconstruct it and have penalty
+    -log(1 - 0) = 0, so the penalised optimum is (up to the free bias) the axes; the vanilla
+    optimum splays its rows instead (it can trade alignment for a bias, the penalty cannot)."""
+    from lib.optimum import decoder_penalty
+    from lib.ortho import OrthoConfig
+
+    setup(0, threads=1)
+    axes = torch.tensor(_unit_rows([0.0, 90.0]), dtype=torch.float32)
+    x = torch.rand(400, 1) * axes[torch.randint(2, (400,))]
+    l1, w = 0.05, 0.05
+    vanilla = search_optimum(x, 2, l1, grid_step_deg=5.0, n_refine=4)
+    opt = search_optimum(x, 2, l1, grid_step_deg=5.0, n_refine=4, ortho_weight=w)
+    assert matched_angle_error(opt.decoder, axes) < 1.0
+    cos = abs(float(opt.decoder[0] @ opt.decoder[1]))
+    assert cos < 0.01 and opt.penalty == pytest.approx(-math.log(1 - cos), rel=1e-4, abs=1e-7)
+    assert float(decoder_penalty(opt.decoder, OrthoConfig())) == pytest.approx(opt.penalty, rel=1e-6, abs=1e-9)
+    assert opt.loss == pytest.approx(best_code_loss(x, opt.decoder, opt.bias, l1).item() + w * opt.penalty, rel=1e-5)
+    at_axes = best_code_loss(x, axes, torch.zeros(2), l1).item()  # the axes with zero bias, penalty 0
+    assert opt.loss <= at_axes + 1e-6
+    assert abs(float(vanilla.decoder[0] @ vanilla.decoder[1])) > 0.05  # the vanilla optimum is not orthogonal
+    assert opt.loss > vanilla.loss
+
+
+def test_penalised_search_trades_reconstruction_for_orthogonality():
+    """Two rays 40 degrees apart: the penalty pushes the rows apart, at a vanilla-objective cost."""
+    from lib.optimum import decoder_penalty
+    from lib.ortho import OrthoConfig
+
+    setup(0, threads=1)
+    rays = torch.tensor(_unit_rows([0.0, 40.0]), dtype=torch.float32)
+    x = torch.rand(400, 1) * rays[torch.randint(2, (400,))]
+    l1 = 0.05
+    vanilla = search_optimum(x, 2, l1, grid_step_deg=5.0, n_refine=4)
+    seps = []
+    sep0 = float(np.rad2deg(np.arccos(abs(float(vanilla.decoder[0] @ vanilla.decoder[1])))))
+    for w in (0.001, 0.003):
+        opt = search_optimum(x, 2, l1, grid_step_deg=5.0, n_refine=4, ortho_weight=w)
+        seps.append(float(np.rad2deg(np.arccos(abs(float(opt.decoder[0] @ opt.decoder[1]))))))
+        # better on its own objective than the vanilla optimum, worse on the vanilla objective
+        pen_at_vanilla = best_code_loss(x, vanilla.decoder, vanilla.bias, l1).item() + w * float(
+            decoder_penalty(vanilla.decoder, OrthoConfig()))
+        assert opt.loss < pen_at_vanilla
+        assert best_code_loss(x, opt.decoder, opt.bias, l1).item() > vanilla.loss
+    assert sep0 + 2 < seps[0] < seps[1] - 2  # pushed apart, more so with a larger weight
+
+
+def test_penalised_search_bad_args():
+    from lib.ortho import OrthoConfig
+
+    x = torch.rand(20, 2)
+    with pytest.raises(ValueError, match="ortho_weight"):
+        search_optimum(x, 2, 0.1, ortho_weight=-1.0)
+    with pytest.raises(ValueError, match="target"):
+        search_optimum(x, 2, 0.1, ortho_weight=0.1, ortho=OrthoConfig(target="encoder"))
+    with pytest.raises(ValueError, match="n_latents >= 2"):
+        search_optimum(x, 1, 0.1, ortho_weight=0.1)

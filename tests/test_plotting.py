@@ -119,3 +119,17 @@ def test_frontier_and_by_setting_draw_every_series():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "10"]
     assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["L1", "peer"]
+def test_frontiers_and_intervals():
+    xs = np.array([[1.0, 2.0, 3.0], [1.1, 2.1, 3.2]])
+    fig = plotting.frontiers({"64 latents": {"vanilla": (xs, 1 / xs), "ortho": (xs - 0.2, 0.9 / xs)}},
+                             "L0", "FVU", suptitle="s", logy=True)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 2 * (2 + 1) and ax.get_yscale() == "log"  # two seeds + the mean, per label
+    np.testing.assert_allclose(ax.lines[2].get_xdata(), xs.mean(0))
+    fig = plotting.intervals(["a", "b"], [0.1, -0.2], [0.0, -0.3], [0.2, -0.1], "Δ MCC", groups=["g", "h"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b"]
+    segs = ax.collections[0].get_segments()
+    np.testing.assert_allclose([s[:, 0] for s in segs], [[0.0, 0.2], [-0.3, -0.1]])
+    fig = grid_of_lines([1, 2], {f"p{i}": {"s": np.ones((2, 2))} for i in range(3)}, "x", "y", ncols=2, logy=True)
+    assert sum(a.get_visible() for a in fig.axes) == 3 and fig.axes[0].get_yscale() == "log"

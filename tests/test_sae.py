@@ -167,3 +167,31 @@ def test_bad_input_stacked():
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
         SAEConfig(**{"d": 4, "n_latents": 8, **kw})
+
+
+def test_independent_init_keeps_the_decoder_and_draws_its_own_encoder():
+    tied = SAE(SAEConfig(d=6, n_latents=5, n_models=2), generator=torch.Generator().manual_seed(3))
+    ind = SAE(SAEConfig(d=6, n_latents=5, n_models=2, init="independent"), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(ind.W_dec, tied.W_dec)  # the decoder is drawn first, as with "tied"
+    assert not torch.allclose(ind.W_enc, ind.W_dec.transpose(-1, -2))
+    torch.testing.assert_close(ind.W_enc.norm(dim=-2), torch.ones(2, 5))  # unit encoder columns
+    # the encoder directions are random, not the decoder's: |cos| between them is ~1/sqrt(d), not 1
+    cos = (ind.W_enc.transpose(-1, -2) * ind.W_dec).sum(-1).abs()
+    assert cos.mean() < 0.7
+    single = SAE(SAEConfig(d=4, n_latents=3, init="independent"), generator=torch.Generator().manual_seed(0))
+    assert single.W_enc.shape == (4, 3)
+    stack = SAE(SAEConfig(d=4, n_latents=3, n_models=2, init="independent"))
+    assert stack.select(1).cfg.init == "independent"
+    torch.testing.assert_close(stack.select(1).W_enc, stack.W_enc[1])
+
+
+def test_init_in_keys_only_when_not_default():
+    from lib.train import TrainConfig
+
+    assert "init" not in SAEConfig(3, 4).key_fields()
+    assert SAEConfig(3, 4, init="independent").key_fields()["init"] == "independent"
+    # the checkpoint fingerprint of a tied SAE is what it was before the field existed
+    fp = TrainConfig().fingerprint(SAE(SAEConfig(3, 4)))
+    assert '"sae": {"d": 3, "k": null, "kind": "relu", "n_latents": 4, "n_models": null}' in fp
+    with pytest.raises(ValueError, match="init must be one of"):
+        SAEConfig(3, 4, init="orthogonal")

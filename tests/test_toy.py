@@ -384,3 +384,52 @@ def test_bad_batch():
     data = ToyData(ToyDataConfig(n_features=2, d=2))
     with pytest.raises(ValueError, match="batch"):
         data.sample(0)
+
+
+def test_isometric_embedding_preserves_the_gram_matrix():
+    from lib.toy import isometric_embedding
+
+    base = random_directions(9, 2, orthogonal=False, generator=torch.Generator().manual_seed(0))
+    for d in (2, 8, 128):
+        W, Q = isometric_embedding(base, d, generator=torch.Generator().manual_seed(d))
+        assert W.shape == (9, d) and Q.shape == (d, 2)
+        torch.testing.assert_close(W @ W.T, base @ base.T, atol=1e-5, rtol=0)
+        torch.testing.assert_close(Q.T @ Q, torch.eye(2), atol=1e-5, rtol=0)
+        torch.testing.assert_close(W @ Q, base, atol=1e-5, rtol=0)  # back to the plane's coordinates
+    W, _ = isometric_embedding(base, 16, generator=torch.Generator().manual_seed(1))
+    assert torch.linalg.matrix_rank(W) == 2  # the same 2-D geometry, in a plane of R^16
+    with pytest.raises(ValueError, match="d must be an int >= the directions' dimension 2"):
+        isometric_embedding(base, 1)
+    with pytest.raises(ValueError, match="directions must be"):
+        isometric_embedding(torch.zeros(3), 4)
+
+
+def test_fast_sampler_matches_saelens_sampler():
+    cfg = ToyDataConfig(16, 16, firing="zipf", p_max=0.3, p_min=0.01, structure="copula", rho=0.7, block_size=4)
+    slow = ToyData(cfg, generator=torch.Generator().manual_seed(0))
+    fast = ToyData(cfg, generator=torch.Generator().manual_seed(0), fast_sampler=True)
+    assert torch.equal(slow.directions, fast.directions)
+    setup(0, threads=1)
+    a = slow.sample(20000)
+    setup(0, threads=1)
+    b = fast.sample(20000)
+    # the same Gaussian draws: firing decisions differ only where a Gaussian sits within float
+    # rounding of its threshold (later draws, e.g. amplitudes, then follow another stream)
+    fa, fb = a.coeffs > 0, b.coeffs > 0
+    assert (fa != fb).float().mean() < 1e-4
+    assert abs(float(b.coeffs[fb].mean()) - 0.5) < 0.02  # U[0, 1) amplitudes
+    # and the same statistics: firing rates and within-block correlation of firing
+    _assert_rates(fb, cfg.firing_probabilities())
+    torch.testing.assert_close(torch.corrcoef(fb.T.float()), torch.corrcoef(fa.T.float()), atol=0.02, rtol=0)
+    # independent firing: U[0,1) < p, the same rates and no correlation
+    ind_cfg = ToyDataConfig(8, 8, firing="zipf", p_max=0.4, p_min=0.05)
+    ind = ToyData(ind_cfg, fast_sampler=True)
+    assert ind._chol is None and ind.fast_sampler
+    setup(0, threads=1)
+    f = ind.sample(20000).coeffs > 0
+    _assert_rates(f, ind_cfg.firing_probabilities())
+    c = torch.corrcoef(f.T.float())
+    assert (c - torch.eye(8)).abs().max() < 0.04
+    # mutually exclusive sets never use SAELens's generator: the flag changes nothing there
+    sets = ToyData(anders_config(1), fast_sampler=True)
+    assert not sets.fast_sampler
