@@ -14,6 +14,10 @@ timed, and compared with the vanilla SAE's step measured the same way in the sam
 - ``chunked``: exact search in [chunk, n] blocks without gradient, chosen pairs recomputed;
 - ``cached``: top-k candidates refreshed every K steps (exact, chunked); the refresh is timed
   separately and amortised over K steps;
+- ``certified``: top-k candidates with a certificate (exact at every step; rows whose certificate
+  fails are searched again). Timed over ``--certified-steps`` steps after ``--warm-steps``
+  untimed ones (certificates last some steps, so the first steps after the initial full search
+  would flatter it); the initial full search is reported as its refresh, once per run;
 - ``ortsae``: nearest neighbour within random chunks (OrtSAE), an approximation;
 - ``incremental``: the last stage of the staged dictionary (m new latents scored against all n).
 
@@ -44,7 +48,7 @@ from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
 from lib.train import Stepper, TrainConfig
 
-METHODS = ("vanilla", "naive", "active", "chunked", "cached", "ortsae", "incremental")
+METHODS = ("vanilla", "naive", "active", "chunked", "cached", "certified", "ortsae", "incremental")
 # Dense methods whose |cos| block with autograd would need more than this are not attempted.
 DENSE_LIMIT_BYTES = 8e9
 
@@ -65,6 +69,8 @@ class Result:
     matmul_gflops: float
     vanilla_gflops: float
     note: str = ""
+    # certified: its own per-step report (lib.ortho.CertifiedCache.summary) over the timed steps
+    certified: dict | None = None
 
 
 def _args_check(n: int, d: int, batch: int, steps: int, k: int, refresh: int) -> None:
@@ -89,7 +95,8 @@ def _inputs(batch: int, d: int, g: torch.Generator) -> torch.Tensor:
 
 
 def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh: int,
-            ortsae_chunk: int, stage_size: int, check_rows: int, threads: int, stale_steps: int = 0) -> Result:
+            ortsae_chunk: int, stage_size: int, check_rows: int, threads: int, stale_steps: int = 0,
+            certified_k: int = 64, certified_steps: int = 20, warm_steps: int = 20, certified_check: int = 64) -> Result:
     """Time ``steps`` training steps of one method (after one warm-up step) in this process."""
     setup(0, threads)
     g = torch.Generator().manual_seed(0)
@@ -101,34 +108,62 @@ def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh
     cfg = TrainConfig(
         steps=10**6, batch_size=batch, lr=1e-4, l1_coeff=1e-3,
         ortho_weight=0.0 if method == "vanilla" else 1e-2,
-        ortho=OrthoConfig(method=ortho_method, cache_k=k, refresh_every=refresh, ortsae_chunk=ortsae_chunk),
+        ortho=OrthoConfig(method=ortho_method, cache_k=certified_k if method == "certified" else k,
+                          refresh_every=refresh, ortsae_chunk=ortsae_chunk, check_rows=certified_check),
         stage_size=stage_size if method == "incremental" else 0,
     )
+    if method == "certified":
+        steps = certified_steps
     stepper = Stepper(sae, cfg)
     # the incremental method is timed in its last stage: m new latents against all n
     step0 = cfg.steps - 1 if method == "incremental" else 0
     xs = [_inputs(batch, d, g) for _ in range(steps + 1)]
     refresh_s = 0.0
-    if stepper.cache is not None:  # time the first (exact, chunked) refresh; later ones cost the same
+    if method == "cached":  # time the first (exact, chunked) refresh; later ones cost the same
         t0 = time.perf_counter()
         stepper.cache.refresh(sae.W_dec, step0)
         refresh_s = time.perf_counter() - t0
+    elif method == "certified":  # the initial full search, once per run (and per stage)
+        t0 = time.perf_counter()
+        Wd = sae.W_dec.detach()
+        stepper.cache.observe((Wd / Wd.norm(dim=-1, keepdim=True)).unsqueeze(0))
+        refresh_s = time.perf_counter() - t0
     stepper(xs[0], step0)  # warm-up
+    if method == "certified":
+        for i in range(warm_steps):  # into the regime where certificates run out
+            stepper(_inputs(batch, d, g), step0 + 1 + i)
+        step0 += warm_steps
+        before = dict(stepper.cache.stats)
     times = []
     for i in range(steps):
         t0 = time.perf_counter()
         stepper(xs[i + 1], step0 + 1 + i if method != "incremental" else step0)
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
-    if stepper.cache is not None:
+    report = None
+    if method == "certified":  # mean, not median: re-searches make some steps dearer than others
+        step_s = statistics.fmean(times)
+        report = _certified_report(stepper.cache, before)
+    if method == "cached":
         for i in range(stale_steps):  # let the candidates age before checking exactness
             stepper(_inputs(batch, d, g), step0 + 1 + steps + i)
     agreement, err, active = _exactness(sae, stepper, xs[-1], method, cfg.ortho, check_rows, stage_size)
     vanilla_flops = 12 * batch * n * d / step_s / 1e9 if method == "vanilla" else float("nan")
+    amortised = step_s if method == "certified" else step_s + refresh_s / refresh
     return Result(
-        method, n, d, batch, step_s, refresh_s, step_s + refresh_s / refresh, _peak_rss_mb(), active,
-        agreement, err, _matmul_gflops(batch, d, n), vanilla_flops,
+        method, n, d, batch, step_s, refresh_s, amortised, _peak_rss_mb(), active,
+        agreement, err, _matmul_gflops(batch, d, n), vanilla_flops, certified=report,
     )
+
+
+def _certified_report(cache, before: dict) -> dict:
+    """The certified cache's counters over the timed steps only."""
+    from lib.ortho import CertifiedCache
+
+    timed = CertifiedCache(cache.k, cache.chunk, cache.check_rows)
+    timed.stats = {k: cache.stats[k] - before[k] for k in cache.stats}
+    timed.stats["margin_min"] = cache.stats["margin_min"]
+    return timed.summary()
 
 
 @torch.no_grad()
@@ -195,12 +230,24 @@ def report(results: list[Result]) -> str:
     ]
     for r in results:
         exact = "yes" if r.method in EXACT_METHODS or r.method == "vanilla" else (
-            "staged" if r.method == "incremental" else "between refreshes" if r.method == "cached" else "no (approx.)")
+            "staged" if r.method == "incremental" else "between refreshes" if r.method == "cached"
+            else "yes (certified)" if r.method == "certified" else "no (approx.)")
         lines.append(
             f"| {r.method} | {exact} | {r.step_s:.3f} | {r.refresh_s:.2f} | {r.amortised_s / van.step_s:.3f} | "
             f"{r.peak_rss_mb:.0f} | {r.agreement:.4f} | {r.max_abs_err:.2e} | {r.note}".rstrip(" |") + " |"
         )
-    cands = [r for r in results if r.method in ("chunked", "cached", "active", "naive") and not math.isnan(r.amortised_s)]
+    for r in results:
+        if r.certified:
+            c = r.certified
+            lines += ["", (
+                f"certified, over its {c['searches']} timed steps: k = {c['k']} candidates per latent; certified "
+                f"{c['certified_fraction']:.4f} of the scored rows, re-searched {c['researched_per_search']:.0f} rows "
+                f"per step ({c['researched_fraction']:.4f} of the scored), {c['evaluated_per_row']:.2f} candidates "
+                f"evaluated per scored row; margin of re-searched rows (best minus largest outside |cos|) mean "
+                f"{c['mean_margin']:.4f}; agreement with the exact search on {c['rows_checked']} sampled rows "
+                f"(every step): {c['agreement']:.4f}")]
+    cands = [r for r in results if r.method in ("chunked", "cached", "certified", "active", "naive")
+             and not math.isnan(r.amortised_s)]
     best = min(cands, key=lambda r: r.amortised_s) if cands else van
     lines.append("")
     lines.append(
@@ -232,6 +279,8 @@ def quality(n_seeds: int = 3, steps: int = 3000, ortho_weight: float = 0.01, thr
         "cached (k=4, K=50)": (ortho_weight, OrthoConfig(method="cached", cache_k=4, refresh_every=50), 0),
         "ortsae (chunks of 16)": (ortho_weight, OrthoConfig(method="ortsae", ortsae_chunk=16), 0),
         "incremental (stages of 16)": (ortho_weight, OrthoConfig(), 16),
+        # last, so that the variants above draw the same data as before it was added
+        "certified (k=4)": (ortho_weight, OrthoConfig(method="certified", cache_k=4, check_rows=64), 0),
     }
     rows = []
     for name, (w, ortho, stage) in variants.items():
@@ -242,7 +291,7 @@ def quality(n_seeds: int = 3, steps: int = 3000, ortho_weight: float = 0.01, thr
         res = train(sae, sweep.as_sampler([data] * n_seeds), cfg, progress=False)
         secs = (time.perf_counter() - t0) / steps
         gt = sweep.ground_truth_scores(sae, data.directions)
-        stale = res.stale_agreement
+        stale, cert = res.stale_agreement, res.certified
         rows.append({
             "method": name,
             "mcc": f"{gt.mcc.mean():.3f} ± {gt.mcc.std(ddof=0):.3f}",
@@ -252,6 +301,9 @@ def quality(n_seeds: int = 3, steps: int = 3000, ortho_weight: float = 0.01, thr
             "ms/step (stack)": f"{1000 * secs:.1f}",
             "stale-cache agreement (mean / min)": f"{np.mean(stale):.3f} / {np.min(stale):.3f}" if stale else "",
             "stale-cache max abs error of max abs cos": f"{np.max(res.stale_max_error):.3f}" if stale else "",
+            "certified: agreement (rows checked) / re-searched rows per step / full searches": (
+                f"{cert['agreement']:.4f} ({cert['rows_checked']}) / {cert['researched_per_search']:.1f} / "
+                f"{cert['full_refreshes']}" if cert else ""),
         })
     return _markdown(pd.DataFrame(rows))
 
@@ -269,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--d", type=int, default=512)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--methods", default="naive,active,chunked,cached,ortsae,incremental")
+    p.add_argument("--methods", default="naive,active,chunked,cached,certified,ortsae,incremental")
     p.add_argument("--k", type=int, default=8, help="cached: candidates per latent")
     p.add_argument("--refresh-every", type=int, default=100, help="cached: steps between refreshes")
     p.add_argument("--ortsae-chunk", type=int, default=1024)
@@ -278,6 +330,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stale-steps", type=int, default=0,
                    help="cached: untimed steps after the timed ones before exactness is checked "
                         "(refresh-every - 1 - steps checks the stalest candidates)")
+    p.add_argument("--certified-k", type=int, default=64, help="certified: candidates per latent")
+    p.add_argument("--certified-steps", type=int, default=20, help="certified: timed steps")
+    p.add_argument("--warm-steps", type=int, default=20, help="certified: untimed steps before the timed ones")
+    p.add_argument("--certified-check", type=int, default=64,
+                   help="certified: rows checked against the exact search every step")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scaling", action="store_true", help="n = 4096 ... 100,000 at d = 768: figure + CSV")
     p.add_argument("--quality", action="store_true", help="toy ground-truth recovery per method, then exit")
@@ -296,7 +353,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--methods: unknown {unknown}; allowed: {', '.join(METHODS)}")
     kw = {"d": a.d, "batch": a.batch, "steps": a.steps, "k": a.k, "refresh": a.refresh_every,
               "ortsae_chunk": a.ortsae_chunk, "stage_size": a.stage_size, "check_rows": a.check_rows, "threads": a.threads,
-              "stale_steps": a.stale_steps}
+              "stale_steps": a.stale_steps, "certified_k": a.certified_k, "certified_steps": a.certified_steps,
+              "warm_steps": a.warm_steps, "certified_check": a.certified_check}
+    for name in ("certified_k", "certified_steps"):
+        if getattr(a, name) <= 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(a, name)}")
+    for name in ("warm_steps", "certified_check", "stale_steps"):
+        if getattr(a, name) < 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be an integer >= 0, got {getattr(a, name)}")
     sizes = [4096, 16384, 32768, 65536, 100000] if a.scaling else [a.n]
     all_results = []
     for n in sizes:
