@@ -12,7 +12,12 @@ Modules, one concept each:
 - ``summed``: synthetic data from a dictionary plus sums of its atoms, and how SAEs represent them.
 - ``constructions``: starting points built on purpose (duplicated rows, blocking latents).
 - ``optimum``: the SAE objective's optimum for low-dimensional toy data, by dense search.
-- ``train``: the shared training loop (config, progress, checkpoints, resume, incremental stages).
+- ``train``: the shared training loop (config, progress, checkpoints, resume, incremental stages;
+  data-parallel over several processes when torch.distributed runs).
+- ``distributed``: data-parallel training with torch.distributed (init from torchrun, rank
+  slices of the global batch, gradient averaging, the sharded neighbour search).
+- ``train_sae``: ``python -m lib.train_sae`` / ``torchrun -m lib.train_sae``, the command line
+  that trains one SAE on cached activations or toy data, on one process or many.
 - ``sweep``: grids of small SAEs trained as one stacked model, and their evaluation tables.
 - ``lm``: the target language model (Pythia-70M, or the offline stand-in), residual-stream
   harvesting that stops at the deepest hooked block, CE loss with a spliced residual.
@@ -25,4 +30,5 @@ Modules, one concept each:
 - ``ablations``: named variants of the orthogonality loss, trained over seeds, summarised.
 - ``plotting``: figure helpers (arrays in, figure out) and stable-name saving.
 - ``bench_ortho``: ``python -m lib.bench_ortho``, cost and exactness of the penalty methods.
+- ``bench_distributed``: ``python -m lib.bench_distributed``, throughput on 1 ... N processes.
 """

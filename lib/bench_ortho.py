@@ -30,6 +30,8 @@ FLOP/s ([B, d] @ [d, n]) measured in the same process. The last line printed is 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import math
 import resource
@@ -71,6 +73,8 @@ class Result:
     note: str = ""
     # certified: its own per-step report (lib.ortho.CertifiedCache.summary) over the timed steps
     certified: dict | None = None
+    # --paired: the vanilla step timed in the same process, alternating with this method's steps
+    paired_vanilla_s: float = float("nan")
 
 
 def _args_check(n: int, d: int, batch: int, steps: int, k: int, refresh: int) -> None:
@@ -96,8 +100,13 @@ def _inputs(batch: int, d: int, g: torch.Generator) -> torch.Tensor:
 
 def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh: int,
             ortsae_chunk: int, stage_size: int, check_rows: int, threads: int, stale_steps: int = 0,
-            certified_k: int = 64, certified_steps: int = 20, warm_steps: int = 20, certified_check: int = 64) -> Result:
-    """Time ``steps`` training steps of one method (after one warm-up step) in this process."""
+            certified_k: int = 64, certified_steps: int = 20, warm_steps: int = 20, certified_check: int = 64,
+            paired: bool = False) -> Result:
+    """Time ``steps`` training steps of one method (after one warm-up step) in this process.
+
+    With ``paired``, a vanilla SAE with the same start is stepped on the same inputs in this
+    process too, alternating step by step with the timed ones: a machine whose load changes
+    during the run then slows both alike."""
     setup(0, threads)
     g = torch.Generator().manual_seed(0)
     sae = SAE(SAEConfig(d=d, n_latents=n), generator=g)
@@ -129,20 +138,31 @@ def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh
         stepper.cache.observe((Wd / Wd.norm(dim=-1, keepdim=True)).unsqueeze(0))
         refresh_s = time.perf_counter() - t0
     stepper(xs[0], step0)  # warm-up
+    van = None
+    if paired and method != "vanilla":
+        van_sae = copy.deepcopy(sae)
+        van = Stepper(van_sae, dataclasses.replace(cfg, ortho_weight=0.0, stage_size=0))
+        van(xs[0], 0)
     if method == "certified":
         for i in range(warm_steps):  # into the regime where certificates run out
             stepper(_inputs(batch, d, g), step0 + 1 + i)
         step0 += warm_steps
         before = dict(stepper.cache.stats)
-    times = []
+    times, van_times = [], []
     for i in range(steps):
+        if van is not None:
+            t0 = time.perf_counter()
+            van(xs[i + 1], 1 + i)
+            van_times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         stepper(xs[i + 1], step0 + 1 + i if method != "incremental" else step0)
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
+    paired_s = statistics.median(van_times) if van_times else float("nan")
     report = None
     if method == "certified":  # mean, not median: re-searches make some steps dearer than others
         step_s = statistics.fmean(times)
+        paired_s = statistics.fmean(van_times) if van_times else paired_s
         report = _certified_report(stepper.cache, before)
     if method == "cached":
         for i in range(stale_steps):  # let the candidates age before checking exactness
@@ -152,7 +172,7 @@ def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh
     amortised = step_s if method == "certified" else step_s + refresh_s / refresh
     return Result(
         method, n, d, batch, step_s, refresh_s, amortised, _peak_rss_mb(), active,
-        agreement, err, _matmul_gflops(batch, d, n), vanilla_flops, certified=report,
+        agreement, err, _matmul_gflops(batch, d, n), vanilla_flops, certified=report, paired_vanilla_s=paired_s,
     )
 
 
@@ -220,6 +240,13 @@ def benchmark(methods: list[str], **kw) -> list[Result]:
 def report(results: list[Result]) -> str:
     """A markdown table and the machine-readable summary line."""
     van = results[0]
+    paired = any(not math.isnan(r.paired_vanilla_s) for r in results)
+
+    def overhead(r: Result) -> float:  # with --paired: against the vanilla steps timed beside it
+        if not paired or r.method == "vanilla":
+            return r.amortised_s / van.step_s
+        return r.amortised_s / r.paired_vanilla_s
+
     lines = [
         (f"n={van.n} d={van.d} batch={van.batch}; vanilla step {van.step_s:.3f} s, "
         f"{van.vanilla_gflops:.0f} GFLOP/s = {van.vanilla_gflops / van.matmul_gflops:.2f} x dense matmul "
@@ -228,12 +255,16 @@ def report(results: list[Result]) -> str:
         "| method | exact | step (s) | refresh (s) | amortised overhead vs vanilla | peak RSS (MB) | neighbour agreement | max abs penalty error |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    if paired:
+        lines[2] = lines[2].replace("| amortised overhead vs vanilla |", "| amortised overhead vs vanilla | vanilla step beside it (s) | amortised overhead vs the vanilla steps beside it |")
+        lines[3] = "|---|---|---|---|---|---|---|---|---|---|"
     for r in results:
         exact = "yes" if r.method in EXACT_METHODS or r.method == "vanilla" else (
             "staged" if r.method == "incremental" else "between refreshes" if r.method == "cached"
             else "yes (certified)" if r.method == "certified" else "no (approx.)")
+        beside = f"{r.paired_vanilla_s:.3f} | {overhead(r):.3f} | " if paired else ""
         lines.append(
-            f"| {r.method} | {exact} | {r.step_s:.3f} | {r.refresh_s:.2f} | {r.amortised_s / van.step_s:.3f} | "
+            f"| {r.method} | {exact} | {r.step_s:.3f} | {r.refresh_s:.2f} | {r.amortised_s / van.step_s:.3f} | {beside}"
             f"{r.peak_rss_mb:.0f} | {r.agreement:.4f} | {r.max_abs_err:.2e} | {r.note}".rstrip(" |") + " |"
         )
     for r in results:
@@ -248,10 +279,10 @@ def report(results: list[Result]) -> str:
                 f"(every step): {c['agreement']:.4f}")]
     cands = [r for r in results if r.method in ("chunked", "cached", "certified", "active", "naive")
              and not math.isnan(r.amortised_s)]
-    best = min(cands, key=lambda r: r.amortised_s) if cands else van
+    best = min(cands, key=overhead) if cands else van
     lines.append("")
     lines.append(
-        f"n={van.n} d={van.d} best={best.method} overhead={best.amortised_s / van.step_s:.3f} "
+        f"n={van.n} d={van.d} best={best.method} overhead={overhead(best):.3f} "
         f"agreement={best.agreement:.4f} vanilla_vs_matmul={van.vanilla_gflops / van.matmul_gflops:.2f}"
     )
     return "\n".join(lines)
@@ -335,6 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warm-steps", type=int, default=20, help="certified: untimed steps before the timed ones")
     p.add_argument("--certified-check", type=int, default=64,
                    help="certified: rows checked against the exact search every step")
+    p.add_argument("--paired", action="store_true",
+                   help="also time a vanilla step beside each method's, alternating, in its process "
+                        "(for a machine whose load changes during the run)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scaling", action="store_true", help="n = 4096 ... 100,000 at d = 768: figure + CSV")
     p.add_argument("--quality", action="store_true", help="toy ground-truth recovery per method, then exit")
@@ -354,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     kw = {"d": a.d, "batch": a.batch, "steps": a.steps, "k": a.k, "refresh": a.refresh_every,
               "ortsae_chunk": a.ortsae_chunk, "stage_size": a.stage_size, "check_rows": a.check_rows, "threads": a.threads,
               "stale_steps": a.stale_steps, "certified_k": a.certified_k, "certified_steps": a.certified_steps,
-              "warm_steps": a.warm_steps, "certified_check": a.certified_check}
+              "warm_steps": a.warm_steps, "certified_check": a.certified_check, "paired": a.paired}
     for name in ("certified_k", "certified_steps"):
         if getattr(a, name) <= 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(a, name)}")

@@ -6,7 +6,8 @@
         --ortho-weight 0.01 --ortho-method certified --checkpoint-every 1000 --out runs/big
 
 ``--data`` is ``toy`` (random sparse features, :mod:`lib.toy`) or a cache folder written by
-:mod:`lib.activations` (verified before use; inputs scaled so that ``mean ||x||^2 = d``). Under
+:mod:`lib.activations` (verified before use; inputs scaled so that ``mean ||x||^2 = d``; the rows
+drawn are read from the memory-mapped shards unless ``--data-in-memory``). Under
 torchrun every process trains on its slice of each global batch of ``--batch-size`` inputs and
 gradients are averaged (:mod:`lib.distributed`; nccl on GPUs, each process on GPU
 ``LOCAL_RANK``; gloo on CPUs). Rank 0 writes ``<out>/checkpoint.pt`` every
@@ -64,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--toy-features", type=int, default=1024, help="toy data: ground-truth features")
     p.add_argument("--toy-d", type=int, default=128, help="toy data: input dimension")
     p.add_argument("--toy-p", type=float, default=0.01, help="toy data: firing probability of each feature")
+    p.add_argument("--data-in-memory", action="store_true",
+                   help="hold the whole activation cache on the device (default: stream the drawn rows from the "
+                        "memory-mapped shards, for caches of any size)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -156,7 +160,7 @@ def run(a: argparse.Namespace, group: distributed.Group | None) -> None:
         sample = lambda b: data.sample(b).x.to(device)
     else:
         store, scale, metadata = open_activations(a.data)
-        d, sample = store.d, store.sampler(scale, device)
+        d, sample = store.d, store.sampler(scale, device, in_memory=a.data_in_memory)
     sae_cfg = SAEConfig(d=d, n_latents=a.n_latents, kind=a.kind, k=a.k if a.kind == "topk" else None)
     ortho = OrthoConfig(shape=a.ortho_shape, method=a.ortho_method, cache_k=a.cache_k,
                         refresh_every=a.refresh_every, check_rows=a.check_rows)
