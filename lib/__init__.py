@@ -17,6 +17,14 @@ Modules, one concept each:
 - ``stats``: paired differences over seeds, bootstrap intervals, verdicts from the interval.
 - ``frontier``: comparisons at matched L0 or FVU along each condition's L1 sweep.
 - ``train``: the shared training loop (config, progress, checkpoints, resume, incremental stages).
+- ``constructions``: starting points built on purpose (duplicated rows, blocking latents).
+- ``optimum``: the SAE objective's optimum for low-dimensional toy data, by dense search.
+- ``train``: the shared training loop (config, progress, checkpoints, resume, incremental stages;
+  data-parallel over several processes when torch.distributed runs).
+- ``distributed``: data-parallel training with torch.distributed (init from torchrun, rank
+  slices of the global batch, gradient averaging, the sharded neighbour search).
+- ``train_sae``: ``python -m lib.train_sae`` / ``torchrun -m lib.train_sae``, the command line
+  that trains one SAE on cached activations or toy data, on one process or many.
 - ``sweep``: grids of small SAEs trained as one stacked model, and their evaluation tables.
 - ``lm``: the target language model (Pythia-70M, or the offline stand-in), residual-stream
   harvesting that stops at the deepest hooked block, CE loss with a spliced residual.
@@ -40,4 +48,5 @@ Modules, one concept each:
 - ``report``: findings files written by the notebooks; ``python -m lib.report`` puts them into the README.
 - ``plotting``: figure helpers (arrays in, figure out) and stable-name saving.
 - ``bench_ortho``: ``python -m lib.bench_ortho``, cost and exactness of the penalty methods.
+- ``bench_distributed``: ``python -m lib.bench_distributed``, throughput on 1 ... N processes.
 """

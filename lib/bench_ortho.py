@@ -14,6 +14,10 @@ timed, and compared with the vanilla SAE's step measured the same way in the sam
 - ``chunked``: exact search in [chunk, n] blocks without gradient, chosen pairs recomputed;
 - ``cached``: top-k candidates refreshed every K steps (exact, chunked); the refresh is timed
   separately and amortised over K steps;
+- ``certified``: top-k candidates with a certificate (exact at every step; rows whose certificate
+  fails are searched again). Timed over ``--certified-steps`` steps after ``--warm-steps``
+  untimed ones (certificates last some steps, so the first steps after the initial full search
+  would flatter it); the initial full search is reported as its refresh, once per run;
 - ``ortsae``: nearest neighbour within random chunks (OrtSAE), an approximation;
 - ``incremental``: the last stage of the staged dictionary (m new latents scored against all n).
 
@@ -26,6 +30,8 @@ FLOP/s ([B, d] @ [d, n]) measured in the same process. The last line printed is 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import math
 import resource
@@ -45,7 +51,7 @@ from lib.sae import SAE, SAEConfig
 from lib.train import Stepper, TrainConfig
 from lib.validation import check_output_dir
 
-METHODS = ("vanilla", "naive", "active", "chunked", "cached", "ortsae", "incremental")
+METHODS = ("vanilla", "naive", "active", "chunked", "cached", "certified", "ortsae", "incremental")
 # Dense methods whose |cos| block with autograd would need more than this are not attempted.
 DENSE_LIMIT_BYTES = 8e9
 
@@ -66,6 +72,10 @@ class Result:
     matmul_gflops: float
     vanilla_gflops: float
     note: str = ""
+    # certified: its own per-step report (lib.ortho.CertifiedCache.summary) over the timed steps
+    certified: dict | None = None
+    # --paired: the vanilla step timed in the same process, alternating with this method's steps
+    paired_vanilla_s: float = float("nan")
 
 
 # Command-line options: default, smallest allowed value, and the methods that use it (None: all).
@@ -80,9 +90,13 @@ OPTIONS = {
     "stage_size": (1024, 2, ("incremental",)),  # 1 would leave the first stage's latent alone
     "check_rows": (4096, 1, None),
     "stale_steps": (0, 0, ("cached",)),
+    "certified_k": (64, 1, ("certified",)),
+    "certified_steps": (20, 1, ("certified",)),
+    "warm_steps": (20, 0, ("certified",)),
+    "certified_check": (64, 0, ("certified",)),
     "threads": (2, 1, None),
 }
-DEFAULT_METHODS = "naive,active,chunked,cached,ortsae,incremental"
+DEFAULT_METHODS = "naive,active,chunked,cached,certified,ortsae,incremental"
 
 
 def _flag(name: str) -> str:
@@ -96,7 +110,7 @@ def _check_cli(a: argparse.Namespace) -> list[str]:
     an error instead of being silently ignored."""
     given = {name for name in OPTIONS if getattr(a, name) is not None}
     if a.quality:
-        extra = [_flag(n) for n in sorted(given)] + ["--methods"] * (a.methods is not None) + ["--scaling"] * a.scaling
+        extra = [_flag(n) for n in sorted(given)] + ["--methods"] * (a.methods is not None) + ["--scaling"] * a.scaling + ["--paired"] * a.paired
         if extra:
             raise SystemExit(
                 f"--quality runs a fixed toy setting (1 thread) and takes no other options; got {', '.join(extra)}"
@@ -140,8 +154,14 @@ def _inputs(batch: int, d: int, g: torch.Generator) -> torch.Tensor:
 
 
 def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh: int,
-            ortsae_chunk: int, stage_size: int, check_rows: int, threads: int, stale_steps: int = 0) -> Result:
-    """Time ``steps`` training steps of one method (after one warm-up step) in this process."""
+            ortsae_chunk: int, stage_size: int, check_rows: int, threads: int, stale_steps: int = 0,
+            certified_k: int = 64, certified_steps: int = 20, warm_steps: int = 20, certified_check: int = 64,
+            paired: bool = False) -> Result:
+    """Time ``steps`` training steps of one method (after one warm-up step) in this process.
+
+    With ``paired``, a vanilla SAE with the same start is stepped on the same inputs in this
+    process too, alternating step by step with the timed ones: a machine whose load changes
+    during the run then slows both alike."""
     setup(0, threads)
     g = torch.Generator().manual_seed(0)
     sae = SAE(SAEConfig(d=d, n_latents=n), generator=g)
@@ -152,34 +172,73 @@ def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh
     cfg = TrainConfig(
         steps=10**6, batch_size=batch, lr=1e-4, l1_coeff=1e-3,
         ortho_weight=0.0 if method == "vanilla" else 1e-2,
-        ortho=OrthoConfig(method=ortho_method, cache_k=k, refresh_every=refresh, ortsae_chunk=ortsae_chunk),
+        ortho=OrthoConfig(method=ortho_method, cache_k=certified_k if method == "certified" else k,
+                          refresh_every=refresh, ortsae_chunk=ortsae_chunk, check_rows=certified_check),
         stage_size=stage_size if method == "incremental" else 0,
     )
+    if method == "certified":
+        steps = certified_steps
     stepper = Stepper(sae, cfg)
     # the incremental method is timed in its last stage: m new latents against all n
     step0 = cfg.steps - 1 if method == "incremental" else 0
     xs = [_inputs(batch, d, g) for _ in range(steps + 1)]
     refresh_s = 0.0
-    if stepper.cache is not None:  # time the first (exact, chunked) refresh; later ones cost the same
+    if method == "cached":  # time the first (exact, chunked) refresh; later ones cost the same
         t0 = time.perf_counter()
         stepper.cache.refresh(sae.W_dec, step0)
         refresh_s = time.perf_counter() - t0
+    elif method == "certified":  # the initial full search, once per run (and per stage)
+        t0 = time.perf_counter()
+        Wd = sae.W_dec.detach()
+        stepper.cache.observe((Wd / Wd.norm(dim=-1, keepdim=True)).unsqueeze(0))
+        refresh_s = time.perf_counter() - t0
     stepper(xs[0], step0)  # warm-up
-    times = []
+    van = None
+    if paired and method != "vanilla":
+        van_sae = copy.deepcopy(sae)
+        van = Stepper(van_sae, dataclasses.replace(cfg, ortho_weight=0.0, stage_size=0))
+        van(xs[0], 0)
+    if method == "certified":
+        for i in range(warm_steps):  # into the regime where certificates run out
+            stepper(_inputs(batch, d, g), step0 + 1 + i)
+        step0 += warm_steps
+        before = dict(stepper.cache.stats)
+    times, van_times = [], []
     for i in range(steps):
+        if van is not None:
+            t0 = time.perf_counter()
+            van(xs[i + 1], 1 + i)
+            van_times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         stepper(xs[i + 1], step0 + 1 + i if method != "incremental" else step0)
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
-    if stepper.cache is not None:
+    paired_s = statistics.median(van_times) if van_times else float("nan")
+    report = None
+    if method == "certified":  # mean, not median: re-searches make some steps dearer than others
+        step_s = statistics.fmean(times)
+        paired_s = statistics.fmean(van_times) if van_times else paired_s
+        report = _certified_report(stepper.cache, before)
+    if method == "cached":
         for i in range(stale_steps):  # let the candidates age before checking exactness
             stepper(_inputs(batch, d, g), step0 + 1 + steps + i)
     agreement, err, active = _exactness(sae, stepper, xs[-1], method, cfg.ortho, check_rows, stage_size)
     vanilla_flops = 12 * batch * n * d / step_s / 1e9 if method == "vanilla" else float("nan")
+    amortised = step_s if method == "certified" else step_s + refresh_s / refresh
     return Result(
-        method, n, d, batch, step_s, refresh_s, step_s + refresh_s / refresh, _peak_rss_mb(), active,
-        agreement, err, _matmul_gflops(batch, d, n), vanilla_flops,
+        method, n, d, batch, step_s, refresh_s, amortised, _peak_rss_mb(), active,
+        agreement, err, _matmul_gflops(batch, d, n), vanilla_flops, certified=report, paired_vanilla_s=paired_s,
     )
+
+
+def _certified_report(cache, before: dict) -> dict:
+    """The certified cache's counters over the timed steps only."""
+    from lib.ortho import CertifiedCache
+
+    timed = CertifiedCache(cache.k, cache.chunk, cache.check_rows)
+    timed.stats = {k: cache.stats[k] - before[k] for k in cache.stats}
+    timed.stats["margin_min"] = cache.stats["margin_min"]
+    return timed.summary()
 
 
 @torch.no_grad()
@@ -236,6 +295,13 @@ def benchmark(methods: list[str], **kw) -> list[Result]:
 def report(results: list[Result]) -> str:
     """A markdown table and the machine-readable summary line."""
     van = results[0]
+    paired = any(not math.isnan(r.paired_vanilla_s) for r in results)
+
+    def overhead(r: Result) -> float:  # with --paired: against the vanilla steps timed beside it
+        if not paired or r.method == "vanilla":
+            return r.amortised_s / van.step_s
+        return r.amortised_s / r.paired_vanilla_s
+
     lines = [
         (f"n={van.n} d={van.d} batch={van.batch}; vanilla step {van.step_s:.3f} s, "
         f"{van.vanilla_gflops:.0f} GFLOP/s = {van.vanilla_gflops / van.matmul_gflops:.2f} x dense matmul "
@@ -244,18 +310,34 @@ def report(results: list[Result]) -> str:
         "| method | exact | step (s) | refresh (s) | amortised overhead vs vanilla | peak RSS (MB) | neighbour agreement | max abs penalty error |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    if paired:
+        lines[2] = lines[2].replace("| amortised overhead vs vanilla |", "| amortised overhead vs vanilla | vanilla step beside it (s) | amortised overhead vs the vanilla steps beside it |")
+        lines[3] = "|---|---|---|---|---|---|---|---|---|---|"
     for r in results:
         exact = "yes" if r.method in EXACT_METHODS or r.method == "vanilla" else (
-            "staged" if r.method == "incremental" else "between refreshes" if r.method == "cached" else "no (approx.)")
+            "staged" if r.method == "incremental" else "between refreshes" if r.method == "cached"
+            else "yes (certified)" if r.method == "certified" else "no (approx.)")
+        beside = f"{r.paired_vanilla_s:.3f} | {overhead(r):.3f} | " if paired else ""
         lines.append(
-            f"| {r.method} | {exact} | {r.step_s:.3f} | {r.refresh_s:.2f} | {r.amortised_s / van.step_s:.3f} | "
+            f"| {r.method} | {exact} | {r.step_s:.3f} | {r.refresh_s:.2f} | {r.amortised_s / van.step_s:.3f} | {beside}"
             f"{r.peak_rss_mb:.0f} | {r.agreement:.4f} | {r.max_abs_err:.2e} | {r.note}".rstrip(" |") + " |"
         )
-    cands = [r for r in results if r.method in ("chunked", "cached", "active", "naive") and not math.isnan(r.amortised_s)]
-    best = min(cands, key=lambda r: r.amortised_s) if cands else van
+    for r in results:
+        if r.certified:
+            c = r.certified
+            lines += ["", (
+                f"certified, over its {c['searches']} timed steps: k = {c['k']} candidates per latent; certified "
+                f"{c['certified_fraction']:.4f} of the scored rows, re-searched {c['researched_per_search']:.0f} rows "
+                f"per step ({c['researched_fraction']:.4f} of the scored), {c['evaluated_per_row']:.2f} candidates "
+                f"evaluated per scored row; margin of re-searched rows (best minus largest outside |cos|) mean "
+                f"{c['mean_margin']:.4f}; agreement with the exact search on {c['rows_checked']} sampled rows "
+                f"(every step): {c['agreement']:.4f}")]
+    cands = [r for r in results if r.method in ("chunked", "cached", "certified", "active", "naive")
+             and not math.isnan(r.amortised_s)]
+    best = min(cands, key=overhead) if cands else van
     lines.append("")
     lines.append(
-        f"n={van.n} d={van.d} best={best.method} overhead={best.amortised_s / van.step_s:.3f} "
+        f"n={van.n} d={van.d} best={best.method} overhead={overhead(best):.3f} "
         f"agreement={best.agreement:.4f} vanilla_vs_matmul={van.vanilla_gflops / van.matmul_gflops:.2f}"
     )
     return "\n".join(lines)
@@ -283,6 +365,8 @@ def quality(n_seeds: int = 3, steps: int = 3000, ortho_weight: float = 0.01, thr
         "cached (k=4, K=50)": (ortho_weight, OrthoConfig(method="cached", cache_k=4, refresh_every=50), 0),
         "ortsae (chunks of 16)": (ortho_weight, OrthoConfig(method="ortsae", ortsae_chunk=16), 0),
         "incremental (stages of 16)": (ortho_weight, OrthoConfig(), 16),
+        # last, so that the variants above draw the same data as before it was added
+        "certified (k=4)": (ortho_weight, OrthoConfig(method="certified", cache_k=4, check_rows=64), 0),
     }
     rows = []
     for name, (w, ortho, stage) in variants.items():
@@ -293,7 +377,7 @@ def quality(n_seeds: int = 3, steps: int = 3000, ortho_weight: float = 0.01, thr
         res = train(sae, sweep.as_sampler([data] * n_seeds), cfg, progress=False)
         secs = (time.perf_counter() - t0) / steps
         gt = sweep.ground_truth_scores(sae, data.directions)
-        stale = res.stale_agreement
+        stale, cert = res.stale_agreement, res.certified
         rows.append({
             "method": name,
             "mcc": f"{gt.mcc.mean():.3f} ± {gt.mcc.std(ddof=0):.3f}",
@@ -303,6 +387,9 @@ def quality(n_seeds: int = 3, steps: int = 3000, ortho_weight: float = 0.01, thr
             "ms/step (stack)": f"{1000 * secs:.1f}",
             "stale-cache agreement (mean / min)": f"{np.mean(stale):.3f} / {np.min(stale):.3f}" if stale else "",
             "stale-cache max abs error of max abs cos": f"{np.max(res.stale_max_error):.3f}" if stale else "",
+            "certified: agreement (rows checked) / re-searched rows per step / full searches": (
+                f"{cert['agreement']:.4f} ({cert['rows_checked']}) / {cert['researched_per_search']:.1f} / "
+                f"{cert['full_refreshes']}" if cert else ""),
         })
     return _markdown(pd.DataFrame(rows))
 
@@ -325,11 +412,18 @@ def main(argv: list[str] | None = None) -> None:
         "check_rows": "active latents checked against exact",
         "stale_steps": "cached: untimed steps after the timed ones before exactness is checked "
                        "(refresh-every - 1 - steps checks the stalest candidates)",
+        "certified_k": "certified: candidates per latent",
+        "certified_steps": "certified: timed steps",
+        "warm_steps": "certified: untimed steps before the timed ones",
+        "certified_check": "certified: rows checked against the exact search every step",
     }
     for name, (default, low, _) in OPTIONS.items():  # default None: tells an option given from one left out
         p.add_argument(_flag(name), type=int, default=None,
                        help=f"{helps.get(name, name)} (default {default}, at least {low})")
     p.add_argument("--methods", default=None, help=f"comma-separated (default {DEFAULT_METHODS})")
+    p.add_argument("--paired", action="store_true",
+                   help="also time a vanilla step beside each method's, alternating, in its process "
+                        "(for a machine whose load changes during the run)")
     p.add_argument("--scaling", action="store_true", help="n = 4096 ... 100,000 at d = 768: figure + CSV")
     p.add_argument("--quality", action="store_true", help="toy ground-truth recovery per method, then exit")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -346,7 +440,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     kw = {"d": a.d, "batch": a.batch, "steps": a.steps, "k": a.k, "refresh": a.refresh_every,
               "ortsae_chunk": a.ortsae_chunk, "stage_size": a.stage_size, "check_rows": a.check_rows, "threads": a.threads,
-              "stale_steps": a.stale_steps}
+              "stale_steps": a.stale_steps, "certified_k": a.certified_k, "certified_steps": a.certified_steps,
+              "warm_steps": a.warm_steps, "certified_check": a.certified_check, "paired": a.paired}
     sizes = [4096, 16384, 32768, 65536, 100000] if a.scaling else [a.n]
     all_results = []
     for n in sizes:

@@ -17,10 +17,15 @@ versioned, hash-checked files (:mod:`lib.checkpoint`) written to a temporary fil
 an interrupted run never leaves a checkpoint that is later trusted and a damaged one is refused by
 name; ``train`` resumes from one when its (canonical) configuration matches and refuses otherwise.
 Every argument, the checkpoint folder included, is checked before the first step.
+
+When torch.distributed runs with several processes (``torchrun``), ``train`` is data-parallel
+(see :mod:`lib.distributed`): ``batch_size`` is the global batch, every process trains on its
+slice, gradients are averaged, and rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +35,15 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from lib import distributed
 from lib.checkpoint import load_checkpoint, save_checkpoint
-from lib.ortho import BOUNDED_SHAPES, NeighbourCache, OrthoConfig, ortho_penalty
+from lib.distributed import CollectiveError, Group
+from lib.ortho import BOUNDED_SHAPES, CertifiedCache, NeighbourCache, OrthoConfig, ortho_penalty
 from lib.recipe import Recipe, aux_k_loss, geometric_median, resample_dead
 from lib.sae import SAE
 from lib.validation import (
     ParameterTypeError,
+    canonical,
     canonical_json,
     check_bool,
     check_callable,
@@ -49,6 +57,9 @@ from lib.validation import (
 )
 
 PerModel = float | tuple[float, ...]
+# OrthoConfig fields added after runs were first keyed by their fingerprint: left out of it at
+# their default, so existing run folders and checkpoints stay valid.
+_LATER_ORTHO_FIELDS = {"check_rows": 64}
 
 
 # Per-model hyperparameters: the lower bound (None: unbounded) and whether it is excluded.
@@ -81,7 +92,8 @@ class TrainConfig:
 
     Attributes:
         steps: optimiser steps.
-        batch_size: inputs per step (per model).
+        batch_size: inputs per step (per model); in a data-parallel job the global batch,
+            divided evenly over the processes.
         lr: Adam learning rate, one value or one per stacked model.
         l1_coeff: L1 coefficient (ReLU SAEs), one value or one per model; >= 0.
         ortho_weight: lambda_orth, one value or one per model; negative rewards alignment and
@@ -146,20 +158,31 @@ class TrainConfig:
 
         Canonical: configurations that train the same run give the same string (``0`` and
         ``0.0``, ``(x,)`` and ``x`` are the same value; see :func:`lib.validation.canonical`).
+        Fields added later are left out at their default, so older checkpoints stay resumable.
         """
-        return canonical_json({"train": self, "sae": sae.cfg.key_fields()})
+        train = canonical(self)
+        for name, default in _LATER_ORTHO_FIELDS.items():
+            if train["ortho"][name] == canonical(default):
+                del train["ortho"][name]
+        return canonical_json({"train": train, "sae": sae.cfg.key_fields()})
 
 
 @dataclass
 class TrainResult:
     """history: name -> [n_records, (M,)] arrays (step, loss, recon, l1, ortho, l0, dead, and aux /
-    resampled when the recipe uses them); stale_agreement: for the cached method, the agreement of the stale candidates at each refresh."""
+    resampled when the recipe uses them; in a data-parallel job averaged over the processes: the
+    global batch's values); stale_agreement: for the cached method, the agreement of the stale
+    candidates at each refresh; certified: for the certified method,
+    :meth:`lib.ortho.CertifiedCache.summary` (work done and measured agreement); world_size: the
+    number of processes that trained."""
 
     history: dict[str, np.ndarray]
     resumed_from: int = 0
     stale_agreement: list[float] = field(default_factory=list)  # cached method: see NeighbourCache
     stale_max_error: list[float] = field(default_factory=list)
     snapshots: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # step -> copy of the state_dict
+    certified: dict[str, float] = field(default_factory=dict)
+    world_size: int = 1
 
 
 def n_stages(cfg: TrainConfig, n_latents: int) -> int:
@@ -182,16 +205,19 @@ def loss_terms(
     cfg: TrainConfig,
     l1: Tensor,
     ortho_w: Tensor,
-    cache: NeighbourCache | None = None,
+    cache: NeighbourCache | CertifiedCache | None = None,
     stage: tuple[int, int] | None = None,
     dead: Tensor | None = None,
+    group: Group | None = None,
 ) -> dict[str, Tensor]:
     """Loss and its components, each [(M,)], for inputs ``x: [(M,) batch, d]``.
 
     ``stage = (start, end)`` switches latents >= end off and scores only latents in
     [start, end) with the orthogonality penalty (against all latents < end). ``dead: [(M,) n]``
     (bool) enables the AuxK loss when the recipe asks for it. ``fired`` ([(M,) n] bool, latents
-    active in the batch) is returned for the trainer's dead-latent tracking.
+    active in the batch) is returned for the trainer's dead-latent tracking. With ``group`` (a
+    data-parallel job, ``x`` this process's slice) the active latents are the union over the
+    processes (the global batch's), and the penalty's neighbour search is split over them.
     """
     n = sae.cfg.n_latents
     start, end = stage or (0, n)
@@ -209,11 +235,14 @@ def loss_terms(
     loss = recon + (l1 * sparsity if sae.cfg.kind == "relu" else 0.0)
     fired = codes.detach() > 0  # one pass over [batch, n] serves L0 and the active set
     active = fired.any(dim=-2)
+    if group is not None:
+        active = group.any_(active)
     use_ortho = bool((ortho_w != 0).any())
     if use_ortho:
         scored = active & (torch.arange(n, device=codes.device) >= start) if start > 0 else active
         pen = ortho_penalty(
-            sae.W_enc, sae.W_dec, codes, cfg.ortho, cache=cache, limit=end if end < n else None, active=scored
+            sae.W_enc, sae.W_dec, codes, cfg.ortho, cache=cache, limit=end if end < n else None, active=scored,
+            shard=group,
         )
     else:
         pen = torch.zeros_like(recon)
@@ -264,13 +293,15 @@ class Stepper:
     """One optimiser step of the shared loop, used by :func:`train` and the benchmark.
 
     Holds the optimiser, the per-model hyperparameter tensors, the neighbour cache and the
-    dead-latent counters (steps since each latent last fired).
+    dead-latent counters (steps since each latent last fired). With ``group`` (a data-parallel
+    job) each call gets the global batch and trains on this process's slice of it, averages the
+    gradients over the processes, and returns the loss terms of the global batch.
     """
 
-    def __init__(self, sae: SAE, cfg: TrainConfig):
+    def __init__(self, sae: SAE, cfg: TrainConfig, group: Group | None = None):
         check_instance("sae", sae, SAE)
         check_instance("cfg", cfg, TrainConfig)
-        self.sae, self.cfg = sae, cfg
+        self.sae, self.cfg, self.group = sae, cfg, group
         cfg.recipe.check_kind(sae.cfg.kind)
         stages = n_stages(cfg, sae.cfg.n_latents)
         if cfg.steps < stages:
@@ -308,19 +339,27 @@ class Stepper:
     def __call__(self, x: Tensor, step: int) -> dict[str, Tensor]:
         sae, cfg, recipe = self.sae, self.cfg, self.cfg.recipe
         x = check_tensor("the sampled batch x", x, finite=False).to(sae.W_dec.device)
+        group = self.group
+        local = x if group is None else group.slice(x)
         stage = stage_bounds(cfg, sae.cfg.n_latents, step)
-        if self.cache is not None:  # candidates among the latents that exist in this stage
-            self.cache.maybe_refresh(self.ortho_rows()[..., : stage[1], :], step)
+        if isinstance(self.cache, NeighbourCache):  # candidates among the latents that exist in this stage
+            self.cache.maybe_refresh(self.ortho_rows()[..., : stage[1], :], step, shard=group)
         l1_f = recipe.l1_factor(step)
         l1 = self.l1 if l1_f == 1.0 else self.l1 * l1_f
         dead = self.dead() if recipe.aux_k is not None else None
-        terms = loss_terms(sae, x, cfg, l1, self.ortho_w, cache=self.cache, stage=stage, dead=dead)
+        terms = loss_terms(sae, local, cfg, l1, self.ortho_w, cache=self.cache, stage=stage, dead=dead, group=group)
         fired = terms.pop("fired")
-        if not torch.isfinite(terms["loss"]).all():
-            bad = (~torch.isfinite(terms["loss"].reshape(-1))).nonzero().flatten().tolist()
+        report = terms if group is None else self._global(terms)
+        if not torch.isfinite(report["loss"]).all():
+            bad = (~torch.isfinite(report["loss"].reshape(-1))).nonzero().flatten().tolist()
             raise FloatingPointError(f"non-finite loss at step {step} (models {bad[:10]}); last checkpoint kept")
         self.opt.zero_grad(set_to_none=True)
         terms["loss"].sum().backward()
+        if group is not None:
+            for p in self.params:  # every process must join the average, with or without a gradient
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            group.mean_([p.grad for p in self.params])
         unit = recipe.decoder_norm == "unit"
         if unit:
             sae.remove_parallel_decoder_grad()
@@ -344,14 +383,22 @@ class Stepper:
         _restore(frozen)  # after renormalising, which could move a frozen unit row by an ulp
         with torch.no_grad():
             self.since_fired.add_(1).masked_fill_(fired, 0)
-        terms["dead"] = self.dead().float().mean(-1)
+        report["dead"] = self.dead().float().mean(-1)
         if recipe.resample_every is not None:
             done = torch.zeros_like(self.since_fired, dtype=torch.bool)
             if (step + 1) % recipe.resample_every == 0 and step + 1 < cfg.steps:
+                # from the global batch: the same on every process of a data-parallel job
                 done = resample_dead(sae, x, self.dead(), self.opt)
                 self.since_fired.masked_fill_(done, 0)
-            terms["resampled"] = done.float().sum(-1)
-        return terms
+            report["resampled"] = done.float().sum(-1)
+        return report
+
+    def _global(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The loss terms of the global batch: every term is a mean over equal-size slices."""
+        names = list(terms)
+        stacked = torch.stack([terms[k].detach() for k in names])
+        self.group.mean_([stacked])
+        return dict(zip(names, stacked))
 
     @torch.no_grad()
     def init_from_data(self, sample: Callable[[int], Tensor]) -> None:
@@ -368,6 +415,17 @@ class Stepper:
         sae.b_dec.copy_(centre)
 
 
+def _to(obj, device: torch.device):
+    """obj with every tensor inside (dicts, lists, tuples) moved to ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
 def train(
     sae: SAE,
     sample: Callable[[int], Tensor],
@@ -375,29 +433,45 @@ def train(
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
     desc: str = "train",
+    group: Group | None = None,
 ) -> TrainResult:
     """Train ``sae`` in place on batches from ``sample(batch_size) -> x: [(M,) batch, d]``.
 
     Args:
         sae: the (possibly stacked) SAE.
         sample: draws a batch; it should use the global torch generator (saved in checkpoints),
-            so a resumed run sees the same data as an uninterrupted one.
+            so a resumed run sees the same data as an uninterrupted one. In a data-parallel job it
+            draws the global batch, the same on every process (same seed), and each process
+            trains on its slice.
         cfg: hyperparameters.
-        checkpoint_dir: where ``checkpoint.pt`` lives; resumed from if present and matching.
-        progress: show a tqdm bar.
+        checkpoint_dir: where ``checkpoint.pt`` lives; resumed from if present and matching. In
+            a data-parallel job rank 0 writes it and every process reads it, so it must be a
+            folder that every process sees (any folder on one machine).
+        progress: show a tqdm bar (rank 0 only in a data-parallel job).
+        group: the data-parallel job; by default the running torch.distributed job if it has
+            more than one process (:func:`lib.distributed.current`), else none.
 
     Raises:
         FloatingPointError: a non-finite loss, naming the step; the last checkpoint is kept.
         ValueError: a checkpoint in ``checkpoint_dir`` from a different configuration, or
-            ``checkpoint_dir`` is a file (checked before training).
+            ``checkpoint_dir`` is a file (checked before training), a batch that does not divide
+            over the processes, or processes seeded differently.
         lib.checkpoint.CheckpointError: a damaged, truncated or other-version checkpoint (a
             ``ValueError``; the message names the file).
         OSError: a checkpoint could not be written (e.g. a full disk); the previous one is kept.
+        lib.distributed.CollectiveError: another process stopped (or the network failed); the
+            message names the step and the last checkpoint, from which a new run resumes.
     """
     check_callable("sample", sample)
     check_bool("progress", progress)
     check_str("desc", desc, empty=True)
-    stepper = Stepper(sae, cfg)
+    group = group if group is not None else distributed.current()
+    world = 1 if group is None else group.world
+    if cfg.batch_size % world:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is the global batch and must divide evenly over the {world} processes"
+        )
+    stepper = Stepper(sae, cfg, group)
     opt, cache = stepper.opt, stepper.cache
     # The output folder is checked before any training, not when the first checkpoint is due.
     ckpt = None if checkpoint_dir is None else check_output_dir("checkpoint_dir", checkpoint_dir) / "checkpoint.pt"
@@ -417,15 +491,34 @@ def train(
         history, start = state["history"], state["step"]
         snapshots = state.get("snapshots", {})
         if cache is not None and state.get("cache") is not None:
-            cache.load_state_dict(state["cache"])
+            cache.load_state_dict(_to(state["cache"], sae.W_dec.device))
         if state.get("stepper") is not None:
             stepper.load_state_dict(state["stepper"])
+        written_by = state.get("world_size", 1)
+        if written_by != world and (group is None or group.rank == 0):
+            # The data stream (global batches from the shared generator) does not depend on the
+            # number of processes, so the run continues as it would have; only the float
+            # rounding of the gradient average differs.
+            warnings.warn(
+                f"resuming {ckpt} (step {start}), written by {written_by} process(es), with {world}: "
+                "the same global batches follow; results agree with an uninterrupted run to float "
+                "rounding, not bit for bit",
+                stacklevel=2,
+            )
     else:
         stepper.init_from_data(sample)
+    if group is not None:
+        _start_together(group, sae, start, ckpt)
 
     def checkpoint(step: int) -> None:
         if ckpt is None:
             return
+        if group is not None:
+            same = group.agree(torch.cat([distributed.fingerprint(p) for p in sae.parameters()]))
+            if not same:
+                raise RuntimeError(f"the parameters differ between processes at step {step}; not writing {ckpt}")
+            if group.rank != 0:
+                return
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(
             ckpt,
@@ -439,31 +532,58 @@ def train(
                 "cache": None if cache is None else cache.state_dict(),
                 "stepper": stepper.state_dict(),
                 "snapshots": snapshots,
+                "world_size": world,
             },
         )
 
     snap_at = set(cfg.snapshot_steps)
+    show = progress and (group is None or group.rank == 0)
     # refresh interval: tqdm's default, or TQDM_MININTERVAL from the environment (the Makefile sets 30 s)
-    bar = tqdm(range(start, cfg.steps), desc=desc, disable=not progress, initial=start, total=cfg.steps)
-    for step in bar:
-        terms = stepper(sample(cfg.batch_size), step)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            rec = {k: v.detach().cpu().numpy().copy() for k, v in terms.items()}
-            rec["step"] = np.asarray(step + 1)
-            for k, v in rec.items():
-                history.setdefault(k, []).append(v)
-            if progress:
-                bar.set_postfix(loss=f"{float(terms['loss'].detach().mean()):.4g}", refresh=False)
-        if step + 1 in snap_at:
-            snapshots[step + 1] = {k: v.detach().cpu().clone() for k, v in sae.state_dict().items()}
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            checkpoint(step + 1)
-    if ckpt is not None and start < cfg.steps:
-        checkpoint(cfg.steps)
+    bar = tqdm(range(start, cfg.steps), desc=desc, disable=not show, initial=start, total=cfg.steps)
+    saved = start if ckpt is not None and ckpt.exists() else None
+    step = start
+    try:
+        for step in bar:
+            terms = stepper(sample(cfg.batch_size), step)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                rec = {k: v.detach().cpu().numpy().copy() for k, v in terms.items()}
+                rec["step"] = np.asarray(step + 1)
+                for k, v in rec.items():
+                    history.setdefault(k, []).append(v)
+                if show:
+                    bar.set_postfix(loss=f"{float(terms['loss'].detach().mean()):.4g}", refresh=False)
+            if step + 1 in snap_at:
+                snapshots[step + 1] = {k: v.detach().cpu().clone() for k, v in sae.state_dict().items()}
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                checkpoint(step + 1)
+                saved = step + 1
+        if ckpt is not None and start < cfg.steps:
+            checkpoint(cfg.steps)
+    except CollectiveError as e:
+        kept = f"The checkpoint of step {saved} in {ckpt.parent} is kept" if saved is not None else "No checkpoint was written"
+        raise CollectiveError(f"training stopped at step {step}: {e}. {kept}; run the same command again to resume") from e
     return TrainResult(
         {k: np.stack(v) for k, v in history.items()},
         resumed_from=start,
-        stale_agreement=[] if cache is None else list(cache.stale_agreement),
-        stale_max_error=[] if cache is None else list(cache.stale_max_error),
+        stale_agreement=list(cache.stale_agreement) if isinstance(cache, NeighbourCache) else [],
+        stale_max_error=list(cache.stale_max_error) if isinstance(cache, NeighbourCache) else [],
         snapshots=snapshots,
+        certified=cache.summary() if isinstance(cache, CertifiedCache) else {},
+        world_size=world,
     )
+
+
+def _start_together(group: Group, sae: SAE, start: int, ckpt: Path | None) -> None:
+    """Check that every process resumes from the same step and draws the same data, and give
+    every process rank 0's parameters (as DistributedDataParallel does)."""
+    if not group.agree(torch.tensor([start], dtype=torch.long)):
+        raise ValueError(
+            f"the processes resume from different steps (this one from {start}): the checkpoint folder "
+            f"{None if ckpt is None else ckpt.parent} must be one that every process sees"
+        )
+    if not group.agree(distributed.rng_fingerprint()):
+        raise ValueError(
+            "the global torch generator differs between processes: seed every process the same "
+            "(lib.reproducibility.setup(seed)), so that all draw the same global batch"
+        )
+    group.broadcast_(list(sae.parameters()))

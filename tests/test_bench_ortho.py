@@ -61,8 +61,21 @@ def test_small_run_reports_every_method(small_run):
         assert rows[method][1] == "yes"
         assert rows[method][col] == "1.0000", (method, rows[method])
     assert rows["vanilla"][col] == "nan"
+    assert rows["certified"][1] == "yes (certified)" and rows["certified"][col] == "1.0000"
     for cells in rows.values():
         assert float(cells[2]) >= 0  # step time
+    report = next(line for line in small_run.stdout.splitlines() if line.startswith("certified, over its"))
+    assert report.endswith("(every step): 1.0000")
+
+
+def test_paired_run_times_vanilla_beside_each_method():
+    out = _bench("--n", "128", "--d", "16", "--batch", "32", "--steps", "2", "--threads", "1",
+                 "--methods", "certified", "--certified-steps", "2", "--warm-steps", "1", "--paired")
+    assert out.returncode == 0, out.stderr[-3000:]
+    header = next(line for line in out.stdout.splitlines() if line.startswith("| method"))
+    assert "amortised overhead vs the vanilla steps beside it" in header
+    row = _table(out.stdout)["certified"]
+    assert float(row[5]) > 0 and float(row[6]) > 0  # the vanilla step beside it, and the ratio
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,15 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lib.ortho import (
     DEFAULT_CHUNK,
     EXACT_METHODS,
     METHODS,
     PENALTY_SHAPES,
+    CertifiedCache,
     NeighbourCache,
     OrthoConfig,
     nearest_neighbour_abs_cos,
@@ -109,7 +112,7 @@ def _setup():
 
 def test_exact_list_is_complete():
     assert set(EXACT_METHODS) == {m for m, _ in EXACT}
-    assert set(EXACT_METHODS) | {"cached", "ortsae"} == set(METHODS)
+    assert set(EXACT_METHODS) | {"cached", "ortsae", "certified"} == set(METHODS)
 
 
 # --- 1. exact methods == brute force --------------------------------------------------------------
@@ -470,6 +473,9 @@ def test_config_cache_fields():
     assert (cache.k, cache.refresh_every, cache.chunk, cache.candidates) == (3, 7, 5, None)
     for method in ("chunked", "active", "naive", "ortsae"):
         assert OrthoConfig(method=method).make_cache() is None
+    cert = OrthoConfig(method="certified", cache_k=5, chunk=3, check_rows=7).make_cache()
+    assert isinstance(cert, CertifiedCache)
+    assert (cert.k, cert.chunk, cert.check_rows, cert.state) == (5, 3, 7, None)
 
 
 @pytest.mark.parametrize(
@@ -482,11 +488,150 @@ def test_config_cache_fields():
         ({"chunk": 1.5}, "chunk"),
         ({"ortsae_chunk": 1}, "ortsae_chunk"),
         ({"ortsae_chunk": True}, "ortsae_chunk"),
+        ({"check_rows": -1}, "check_rows"),
+        ({"check_rows": 2.0}, "check_rows"),
     ],
 )
 def test_bad_config_fields(kw, name):
     with pytest.raises(ValueError, match=rf"^{name} must"):
         OrthoConfig(**kw)
+
+
+# --- 2b. certified --------------------------------------------------------------------------------
+
+
+def _cert(W, cache, rows=None, **kw):
+    return nn_abs_cos(W, rows, method="certified", cache=cache, **kw)
+
+
+def _walk(W, steps, seed, big_every=5, small=0.02, big=0.5):
+    """Rows drifting a little each step, with an occasional large jump (new nearest neighbours)."""
+    g = torch.Generator().manual_seed(seed)
+    for t in range(steps):
+        W = W + (big if t % big_every == big_every - 1 else small) * torch.randn(W.shape, generator=g, dtype=W.dtype)
+        yield t, W
+
+
+@pytest.mark.parametrize("k,chunk", [(1, 2), (3, DEFAULT_CHUNK), (8, 3)])
+def test_certified_matches_reference_while_rows_move(k, chunk):
+    cache = CertifiedCache(k, chunk=chunk, check_rows=3)
+    rows = torch.tensor([0, 2, 3, 5, 8])
+    for t, W in _walk(_rand(9, 4, seed=40), 10, seed=41):
+        r = None if t % 3 == 0 else rows
+        _assert_matches(lambda w, r=r: _cert(w, cache, r), lambda w, r=r: ref_nn(w, r), W)
+    summary = cache.summary()
+    assert summary["full_refreshes"] == 1
+    assert summary["certified_fraction"] < 1  # the jumps broke certificates, and those rows were re-searched
+    assert summary["agreement"] == 1.0 and summary["rows_checked"] > 0
+
+
+def test_certified_stacked_frozen_and_first():
+    Ws = _rand(2, 8, 3, seed=42)
+    frozen = torch.zeros(2, 8, dtype=torch.bool)
+    frozen[0, 1] = frozen[1, 4] = True
+    caches = [CertifiedCache(2, chunk=3) for _ in range(3)]
+    for _, W in _walk(Ws, 6, seed=43, big_every=3):
+        _assert_matches(lambda w: _cert(w, caches[0]), ref_nn, W)
+        _assert_matches(lambda w: _cert(w, caches[1], frozen=frozen), lambda w: ref_nn(w, frozen=frozen), W)
+        _assert_matches(lambda w: _cert(w, caches[2], tie_mode="first"), lambda w: ref_nn(w, tie_mode="first"), W)
+
+
+def test_certified_ties_duplicates_antiparallel():
+    for make in (_dup_matrix, _tie_matrix, _antiparallel_matrix):
+        W = make()
+        for k in (1, 2, 5):
+            cache = CertifiedCache(k)
+            _assert_matches(lambda w, c=cache: _cert(w, c), ref_nn, W)
+            _assert_matches(lambda w, c=cache: _cert(w, c), ref_nn, W)  # again, from the certificate
+    # duplicated rows: more tied rows than candidates, so the certificate fails and rows are searched
+    cache = CertifiedCache(1)
+    W = _dup_matrix()
+    _assert_matches(lambda w: _cert(w, cache), ref_nn, W)
+    assert cache.summary()["certified_fraction"] < 1
+
+
+def test_certified_exact_where_cached_is_not():
+    """The case of test_cached_inexact_when_new_neighbour_outside_candidates: a row moves next to
+    a row outside the candidates; the certificate notices and that row is searched again."""
+    W = _rand(8, 3, seed=15)
+    cache, cert = NeighbourCache(1), CertifiedCache(1, check_rows=8)
+    cache.refresh(W)
+    _cert(W, cert)
+    target = int(cache.candidates[0, 0, 0])
+    other = next(j for j in range(1, 8) if j != target)
+    moved = W.clone()
+    moved[0] = W[other] + 1e-3 * W[0]
+    assert not torch.allclose(_cached(moved, cache), ref_nn(moved))  # cached: stale
+    before = cert.stats["rows_researched"]
+    _assert_matches(lambda w: _cert(w, cert), ref_nn, moved)  # certified: exact
+    assert cert.stats["rows_researched"] > before
+    assert cert.summary()["agreement"] == 1.0
+
+
+def test_certified_still_rows_cost_one_evaluation_each():
+    W = torch.eye(6, dtype=F64) + 0.1 * _rand(6, 6, seed=44)  # well separated neighbours
+    cert = CertifiedCache(3)
+    _cert(W, cert)
+    before = dict(cert.stats)
+    for _ in range(3):
+        _cert(W.clone(), cert)  # the same rows: nothing moved
+    keys = ("rows_scored", "rows_certified", "rows_examined", "rows_researched", "pairs_evaluated")
+    done = {k: cert.stats[k] - before[k] for k in keys}
+    # only each row's best candidate was evaluated: the row-level bound covered the others
+    assert done == {"rows_scored": 18, "rows_certified": 18, "rows_examined": 0, "rows_researched": 0, "pairs_evaluated": 0}
+    assert cert.summary()["evaluated_per_row"] == 1.0
+
+
+def test_certified_new_shape_searches_everything():
+    cert = CertifiedCache(2)
+    W = _rand(7, 3, seed=45)
+    _cert(W, cert)
+    _assert_matches(lambda w: _cert(w, cert), ref_nn, W[:5])  # a stage of 5 rows
+    _assert_matches(lambda w: _cert(w, cert), ref_nn, W)
+    assert cert.summary()["full_refreshes"] == 3
+
+
+def test_certified_state_dict_round_trip():
+    cert = CertifiedCache(2, check_rows=2)
+    walk = list(_walk(_rand(9, 3, seed=46), 8, seed=47, big_every=3))
+    for _, W in walk[:4]:
+        _cert(W, cert)
+    buf = io.BytesIO()
+    torch.save(cert.state_dict(), buf)
+    other = CertifiedCache(2, check_rows=2)
+    other.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=False))
+    for _, W in walk[4:]:
+        assert torch.equal(_cert(W, other), _cert(W, cert))
+    assert other.stats == cert.stats
+    assert torch.equal(other._gen.get_state(), cert._gen.get_state())
+
+
+@given(
+    n=st.integers(2, 10), d=st.integers(1, 4), k=st.integers(1, 9), seed=st.integers(0, 10**6),
+    scales=st.lists(st.sampled_from([0.0, 1e-3, 0.05, 0.3, 2.0]), min_size=1, max_size=6),
+)
+@settings(max_examples=40, deadline=None)
+def test_certified_property_exact_at_every_step(n, d, k, seed, scales):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(n, d, generator=g, dtype=F64)
+    cert = CertifiedCache(k, chunk=3, check_rows=2)
+    rows = torch.randperm(n, generator=g)[: max(1, n // 2)]
+    for scale in scales:
+        W = W + scale * torch.randn(n, d, generator=g, dtype=F64)
+        if scale == 2.0:
+            W[0] = -W[-1]  # an exact antiparallel pair
+        torch.testing.assert_close(_cert(W, cert, rows), nn_abs_cos(W, rows), rtol=0, atol=1e-12)
+    assert cert.summary()["agreement"] == 1.0
+
+
+def test_certified_needs_its_cache():
+    W = _rand(5, 3, seed=48)
+    for bad in (None, NeighbourCache(2)):
+        with pytest.raises(ValueError, match="CertifiedCache"):
+            nn_abs_cos(W, method="certified", cache=bad)
+    for kw, name in (({"k": 0}, "k"), ({"chunk": -1}, "chunk"), ({"check_rows": -1}, "check_rows"), ({"k": True}, "k")):
+        with pytest.raises(ValueError, match=f"^{name} must"):
+            CertifiedCache(**kw)
 
 
 # --- 3. ortsae ------------------------------------------------------------------------------------
@@ -647,7 +792,7 @@ def _ref_penalty(W, active, shape):
     return PENALTY_SHAPES[shape](vals).mean()
 
 
-PEN_METHODS = [*EXACT_METHODS, "cached"]
+PEN_METHODS = [*EXACT_METHODS, "cached", "certified"]
 
 
 @pytest.mark.parametrize("method", PEN_METHODS)
@@ -656,7 +801,7 @@ def test_penalty_single_model_active_scope(method, shape):
     W_enc, W_dec, codes, active = _penalty_case()
     cfg = OrthoConfig(shape=shape, method=method, chunk=3, cache_k=2)
     cache = cfg.make_cache()
-    if cache is not None:
+    if isinstance(cache, NeighbourCache):
         cache.refresh(W_dec)
     fn = lambda w: ortho_penalty(W_enc, w, codes, cfg, cache=cache).reshape(1)
     _assert_matches(fn, lambda w: _ref_penalty(w, active, shape).reshape(1), W_dec, atol_g=1e-9)
@@ -670,7 +815,7 @@ def test_penalty_limit(method):
     limit = 5  # row 5 (row 0's nearest) and the active row 6 do not exist yet
     cfg = OrthoConfig(shape="neglog", method=method, chunk=2, cache_k=2)
     cache = cfg.make_cache()
-    if cache is not None:
+    if isinstance(cache, NeighbourCache):
         cache.refresh(W_dec[:limit])
     scored = [i for i in active if i < limit]
     fn = lambda w: ortho_penalty(W_enc, w, codes, cfg, cache=cache, limit=limit).reshape(1)
@@ -693,7 +838,7 @@ def test_penalty_limit_stacked(method):
     codes = torch.relu(_rand(M, 5, n, seed=29))
     cfg = OrthoConfig(shape="square", method=method, cache_k=1)
     cache = cfg.make_cache()
-    if cache is not None:
+    if isinstance(cache, NeighbourCache):
         cache.refresh(W_dec[:, :limit])
     got = ortho_penalty(W_enc, W_dec, codes, cfg, cache=cache, limit=limit)
     assert got.shape == (M,)

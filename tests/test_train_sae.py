@@ -1,0 +1,113 @@
+"""Tests of the training command line ``python -m lib.train_sae`` (one process and, with torchrun,
+two gloo processes on CPU, bounded in time)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lib import activations
+from lib.saelens_io import load_sae_lens
+from lib.train_sae import main
+
+ROOT = Path(__file__).resolve().parent.parent
+D = 16
+
+
+def _forward(tokens, layers):
+    """A fake model: smooth functions of the token ids, D dims per position."""
+    t = tokens.float().unsqueeze(-1)
+    feats = torch.sin(0.37 * t * torch.arange(1, D + 1) + torch.arange(D)).relu()
+    return {layer: feats * (layer + 1) for layer in layers}
+
+
+@pytest.fixture(scope="module")
+def cache_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("acts")
+    spec = activations.CacheSpec(model="org/fake", revision=None, layer=0, context=8, n_tokens=800, dtype="float32",
+                                 corpus="fake/train")
+    tokens = (torch.arange(spec.n_seq * 8).reshape(-1, 8) * 7919) % 5000
+    store = activations.harvest([spec], tokens, _forward, root=root, batch_size=50, progress=False)[0]
+    return store.path
+
+
+def _args(data, out, *extra):
+    return ["--data", str(data), "--out", str(out), "--n-latents", "24", "--steps", "12", "--batch-size", "64",
+            "--lr", "3e-3", "--ortho-weight", "0.05", "--checkpoint-every", "4", "--log-every", "4", "--threads", "1",
+            "--cache-k", "4", "--no-progress", *extra]
+
+
+def test_one_process_on_an_activation_cache(cache_folder, tmp_path, capsys):
+    main(_args(cache_folder, tmp_path / "run"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["resumed_from"] == 0 and summary["steps"] == 12
+    assert summary["certified"]["agreement"] == 1.0 and summary["inputs_per_s"] > 0
+    sae, cfg = load_sae_lens(tmp_path / "run" / "sae")
+    assert sae.cfg.n_latents == 24 and sae.cfg.d == D
+    assert cfg["metadata"]["hook_name"] == "blocks.0.hook_resid_post"
+    assert "trained 12 steps on 1 process" in capsys.readouterr().err
+    # the same command again: the finished run is resumed from its checkpoint, nothing retrained
+    main(_args(cache_folder, tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["resumed_from"] == 12
+    assert "already finished" in capsys.readouterr().err
+
+
+def test_one_process_on_toy_data(tmp_path):
+    main(["--data", "toy", "--toy-features", "40", "--toy-d", "8", "--toy-p", "0.1", "--out", str(tmp_path / "toy"),
+          "--n-latents", "16", "--steps", "5", "--batch-size", "32", "--threads", "1", "--no-progress",
+          "--kind", "topk", "--k", "3"])
+    sae, _ = load_sae_lens(tmp_path / "toy" / "sae")
+    assert sae.cfg.kind == "topk" and sae.cfg.k == 3
+
+
+def test_torchrun_two_processes_match_one(cache_folder, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "lib.train_sae", *_args(cache_folder, tmp_path / "two")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["certified"]["agreement"] == 1.0
+    main(_args(cache_folder, tmp_path / "one"))
+    two, _ = load_sae_lens(tmp_path / "two" / "sae")
+    one, _ = load_sae_lens(tmp_path / "one" / "sae")
+    for name, p in one.named_parameters():
+        # the same global batches; only the rounding of the gradient average differs
+        torch.testing.assert_close(getattr(two, name), p, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    "extra,flag",
+    [
+        (["--steps", "0"], "--steps"),
+        (["--batch-size", "-3"], "--batch-size"),
+        (["--ortho-method", "exact"], "--ortho-method"),
+        (["--kind", "topk"], "--k"),
+        (["--lr", "nan"], "--lr"),
+        (["--device", "tpu"], "--device"),
+        (["--toy-p", "0"], "--toy-p"),
+        (["--threads", "0"], "--threads"),
+    ],
+)
+def test_bad_arguments_name_the_flag(tmp_path, extra, flag):
+    with pytest.raises(SystemExit) as e:
+        main(_args("toy", tmp_path / "x", *extra))
+    assert str(e.value).startswith(flag)
+    assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_bad_data_and_foreign_out_folder(tmp_path):
+    with pytest.raises(SystemExit, match="^--data must be 'toy' or a cache folder"):
+        main(_args(tmp_path / "nothing", tmp_path / "x"))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="^--out .* is not empty and holds no checkpoint"):
+        main(_args("toy", mine))
+    assert (mine / "notes.txt").read_text() == "keep me"
