@@ -94,6 +94,7 @@ def paired_difference(
         d = diff[x].to_numpy()
         mean, low, high = interval(d, level)
         rows.append({l0: float(x), "n_seeds": int(np.isfinite(d).sum()), "diff": mean, "low": low, "high": high})
+    return pd.DataFrame(rows)
 
 
 def interpolate(x: Sequence[float], y: Sequence[float], at: Sequence[float]) -> np.ndarray:

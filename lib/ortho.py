@@ -740,7 +740,7 @@ def nn_abs_cos(
     tie_tol = check_float("tie_tol", tie_tol, 0.0, 1.0, high_open=True)
     chunk = check_int("chunk", chunk, 1)
     ortsae_chunk = check_int("ortsae_chunk", ortsae_chunk, 2)
-    check_instance("cache", cache, NeighbourCache, optional=True)
+    check_instance("cache", cache, (NeighbourCache, CertifiedCache), optional=True)
     check_instance("generator", generator, torch.Generator, optional=True)
     n = W.shape[-2]
     rows = _check_rows(rows, n, W.device)
@@ -905,7 +905,7 @@ def ortho_penalty(
     check_tensor("W_enc", W_enc, (2, 3), finite=False)
     check_tensor("W_dec", W_dec, (2, 3), finite=False)
     check_tensor("codes", codes, W_dec.ndim, finite=False)
-    check_instance("cache", cache, NeighbourCache, optional=True)
+    check_instance("cache", cache, (NeighbourCache, CertifiedCache), optional=True)
     limit = check_int("limit", limit, 1, W_dec.shape[-2], optional=True)
     W = W_dec if cfg.target == "decoder" else W_enc.transpose(-1, -2)
     if active is None:

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from lib import distributed
+from lib.checkpoint import load_checkpoint
 from tests import dist_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +139,7 @@ def test_killed_rank_stops_job_with_clear_error_and_resume(two_ranks, tmp_path):
     assert procs[0].returncode != 0
     assert "CollectiveError: training stopped at step 12" in err, err[-3000:]
     assert "The checkpoint of step 10" in err and "run the same command again to resume" in err
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["step"] == 10 and state["world_size"] == 2
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt"]
     shutil.copytree(tmp_path / "run", tmp_path / "run-1proc")

@@ -37,6 +37,7 @@ from lib.ortho import (
     SCOPES,
     TARGETS,
     TIE_MODES,
+    NeighbourCache,
     OrthoConfig,
     nearest_neighbour_abs_cos,
     nn_abs_cos,
@@ -123,6 +124,7 @@ INVALID = {
             "kind": bad_choice(("relu", "topk")),
             "k": bad_int(1, 6, optional=True).filter(lambda v: v is not None),
             "n_models": bad_int(1, optional=True),
+            "init": bad_choice(("tied", "independent")),
         },
     ),
     OrthoConfig: (
@@ -140,6 +142,7 @@ INVALID = {
             "refresh_every": bad_int(1),
             "ortsae_chunk": bad_int(2),
             "chunk": bad_int(1),
+            "check_rows": bad_int(0),
         },
     ),
     Recipe: (
@@ -273,6 +276,7 @@ INVALID = {
             "kind": bad_choice(("relu", "topk")),
             "k": st.sampled_from([0, -1, 2.5, True, "3"]),
             "n_latents": bad_int(1, optional=True),
+            "weight_factors": st.sampled_from([(0.0,), (-1.0,), [1.0, 2.0], (1.0, 1.0), ("a",), (True,)]),
         },
     ),
 }
@@ -382,7 +386,7 @@ def test_valid_ortho_configs_give_a_finite_differentiable_penalty(cfg, n, d, sta
     W_enc = W_dec.detach().transpose(-1, -2).clone().requires_grad_(True)
     codes = torch.relu(torch.randn(*lead, 5, n, generator=torch.Generator().manual_seed(seed + 1)))
     cache = cfg.make_cache()
-    if cache is not None:
+    if isinstance(cache, NeighbourCache):  # the certified cache needs no refresh: its first call searches all
         cache.refresh(W_dec if cfg.target == "decoder" else W_enc.transpose(-1, -2), 0)
     pen = ortho_penalty(W_enc, W_dec, codes, cfg, cache=cache)
     assert pen.shape == lead and torch.isfinite(pen).all() and (pen >= 0).all()
