@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from lib import lm_eval, metrics, objective, stats, sweep
+from lib import convergence, lm_eval, metrics, objective, stats, sweep
 from lib.lm_data import LMData
 from lib.ortho import OrthoConfig
 from lib.runs import LMSAESpec, train_lm_sae
@@ -330,19 +330,23 @@ def run_lm_variants(
     ce_tokens: Tensor | None = None,
     seed: int = 0,
     device: str = "cpu",
+    shared: dict[str, LMSAESpec] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Train each variant ``n_seeds`` times on cached language-model activations and evaluate.
 
     Args:
         base: the shared training settings; each variant replaces its penalty, weight, kind and
             (if set) dictionary size.
+        shared: variant name -> the spec of runs trained elsewhere (e.g. notebook 02's vanilla,
+            orthogonality and TopK SAEs) that the variant must use instead, so they are reused;
+            refused unless that spec trains the variant (same kind, k, penalty and weight).
         x_eval: [N, d] held-out activations of ``layer``.
         ce_tokens: [n_seq, ctx] held-out tokens: adds CE loss recovered for the first seed of
             every variant (one spliced pass each), or None to skip.
 
     Returns:
         One row per trained SAE (variant, group, seed, L0, FVE, dead, dense, nearest-neighbour
-        |cos| stats), and the CE table (None without ``ce_tokens``).
+        |cos| stats, its convergence gates' values and ``gates_pass``), and the CE table (None without ``ce_tokens``).
     """
     if not variants:
         raise ValueError("variants is empty")
@@ -353,20 +357,35 @@ def run_lm_variants(
     check_instance("base", base, LMSAESpec)
     if layer not in data.train:
         raise ValueError(f"layer {layer!r} was not harvested; available: {sorted(data.train)}")
+    shared = dict(shared or {})
+    for name, spec in shared.items():
+        check_instance(f"shared[{name!r}]", spec, LMSAESpec)
+        v = next((v for v in variants if v.name == name), None)
+        if v is None:
+            raise ValueError(f"shared names {name!r}, which is not one of the variants {[v.name for v in variants]}")
+        same = (spec.kind == v.kind and spec.k == v.k and float(spec.ortho_weight) == float(v.ortho_weight)
+                and (v.ortho_weight == 0 or spec.ortho == v.ortho)
+                and spec.n_latents == (v.n_latents or base.n_latents))
+        if not same:
+            raise ValueError(f"shared[{name!r}] does not train variant {name!r}: {spec} vs {v}")
     sample = data.train[layer].sampler()  # loaded once, shared by every run
     rows, first = [], {}
     for v in tqdm(variants, desc="LM variants"):
-        spec = dataclasses.replace(
+        spec = shared.get(v.name) or dataclasses.replace(
             base, name=f"abl-{base.name}", kind=v.kind, k=v.k, ortho_weight=v.ortho_weight, ortho=v.ortho,
             n_latents=v.n_latents or base.n_latents,
         )
         for s in range(n_seeds):
-            sae, _ = train_lm_sae(data, layer, spec, seed + s, sample, device=device)
+            sae, hist = train_lm_sae(data, layer, spec, seed + s, sample, device=device)
             if s == 0:
                 first[v.name] = sae
+            gates = convergence.training_gates(hist, sae.W_dec.detach(), spec.initial_decoder(data.train[layer].d, seed + s))
+            verdicts = [g.passed for g in gates]
             rows.append({
                 "variant": v.name, "group": v.group, "seed": s, "n_latents": spec.n_latents,
                 **lm_eval.activation_metrics(sae, x_eval), **nn_cos_stats(sae.W_dec.detach()),
+                **{g.name: g.value for g in gates},
+                "gates_pass": False if False in verdicts else (None if None in verdicts else True),
             })
     ce = None if ce_tokens is None else lm_eval.ce_table(data.lm, ce_tokens, layer, first)
     return pd.DataFrame(rows), ce

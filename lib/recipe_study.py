@@ -157,17 +157,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m lib.recipe_study", description=__doc__.split("\n\n")[0])
     ap.add_argument("--layer", type=int, default=3)
     ap.add_argument("--other-layer", type=int, default=1, help="also harvested (notebook 02 uses both)")
-    ap.add_argument("--train-tokens", type=int, default=1_000_000, help="tokens harvested and drawn per SAE")
+    ap.add_argument("--train-tokens", type=int, default=1_000_000, help="tokens harvested (notebook 02's cache)")
+    ap.add_argument("--sae-tokens", type=int, default=600_000, help="tokens drawn per SAE (notebook 02's default)")
     ap.add_argument("--eval-tokens", type=int, default=32_768)
-    ap.add_argument("--n-latents", type=int, default=2048)
+    ap.add_argument("--n-latents", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--l1-coeff", type=float, default=0.7)
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--recipes", nargs="*", default=None, help="names (default: all)")
+    ap.add_argument("--recipes", nargs="*", default=None, help="names (default: all; see recipes())")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
-    for flag in ("train_tokens", "eval_tokens", "n_latents", "k", "threads"):
+    for flag in ("train_tokens", "sae_tokens", "eval_tokens", "n_latents", "k", "threads"):
         if getattr(a, flag) <= 0:
             ap.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(a, flag)}")
     if not (a.lr > 0 and a.l1_coeff >= 0):
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         layers=tuple(dict.fromkeys((a.layer, a.other_layer))), train_tokens=a.train_tokens,
         eval_tokens=a.eval_tokens, device=a.device,
     ))
-    base = {"n_latents": a.n_latents, "tokens": a.train_tokens, "lr": a.lr, "l1_coeff": a.l1_coeff, "k": a.k}
+    base = {"n_latents": a.n_latents, "tokens": a.sae_tokens, "lr": a.lr, "l1_coeff": a.l1_coeff, "k": a.k}
     df = run_study(data, a.layer, base, a.recipes, device=a.device)
     ref = random_reference(a.n_latents, data.train[a.layer].d)
     df["model"] = data.lm.label
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     table = summary(df)
     text = (
         f"# Recipe study ({data.lm.label}, block {a.layer}, {a.n_latents} latents, "
-        f"{a.train_tokens:,} training tokens per SAE, 2 seeds)\n\n"
+        f"{a.sae_tokens:,} training tokens per SAE drawn from {a.train_tokens:,} harvested, 2 seeds)\n\n"
         f"Written by `python -m lib.recipe_study`; last snapshot of each recipe, mean over seeds; "
         f"`shared` / `match`: cross-seed agreement (random dictionaries of the same shape: "
         f"shared {ref['shared']:.3f}, match {ref['match']:.3f}).\n\n"

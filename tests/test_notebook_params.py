@@ -11,7 +11,7 @@ import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 # parameters that identify the activation cache and the shared SAE runs
-SHARED = ("model", "layer", "other_layer", "context", "corpus", "train_tokens", "eval_tokens", "n_latents",
+SHARED = ("model", "layer", "other_layer", "context", "corpus", "train_tokens", "sae_tokens", "eval_tokens", "n_latents",
           "batch_size", "lr", "l1_coeff")
 
 
