@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -42,12 +41,15 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import TqdmWarning, tqdm
 
+from lib import paths
+from lib.validation import check_float, check_int
+
 with warnings.catch_warnings():
     # sae_lens imports tqdm.auto, which warns in notebook kernels without ipywidgets
     warnings.simplefilter("ignore", TqdmWarning)
     import sae_lens.synthetic  # noqa: F401  (imported here once, under the filter)
 
-CACHE = Path(__file__).resolve().parent.parent / "cache" / "synthbench"
+CACHE = paths.CACHE / "synthbench"
 
 # Published results on SynthSAEBench-16k (width 4096, 200M samples) at SAE L0 = 25: (F1, MCC).
 PUBLISHED_L0 = 25
@@ -60,20 +62,6 @@ PUBLISHED_16K: dict[str, tuple[float, float]] = {
 }
 # Reference size of the published model, for proportional scaling.
 _REF_FEATURES, _REF_HIDDEN, _REF_ROOTS = 16384, 768, 128
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _check_number(name: str, value, low: float, high: float, low_open: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be a number in {bracket}{low}, {high}], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -133,7 +121,7 @@ class BenchConfig:
             ("n_features", 2), ("hidden_dim", 1), ("n_roots", 0), ("branching", 2), ("depth", 1),
             ("corr_rank", 1), ("ortho_steps", 0), ("seed", 0), ("width", 1), ("samples", 1), ("batch_size", 1),
         ):
-            _check_int(name, getattr(self, name), minimum)
+            check_int(name, getattr(self, name), minimum)
         if self.n_features <= self.hidden_dim:
             raise ValueError(
                 f"n_features={self.n_features} must exceed hidden_dim={self.hidden_dim}: the benchmark "
@@ -141,24 +129,24 @@ class BenchConfig:
             )
         if self.width > self.n_features:
             raise ValueError(f"width={self.width} must be at most n_features={self.n_features}")
-        _check_number("max_prob", self.max_prob, 0.0, 1.0)
-        _check_number("min_prob", self.min_prob, 0.0, 1.0)
+        check_float("max_prob", self.max_prob, 0.0, 1.0, low_open=True)
+        check_float("min_prob", self.min_prob, 0.0, 1.0, low_open=True)
         if self.min_prob >= self.max_prob:
             raise ValueError(f"min_prob={self.min_prob} must be below max_prob={self.max_prob}")
-        _check_number("zipf_exponent", self.zipf_exponent, 0.0, math.inf)
-        _check_number("corr_scale", self.corr_scale, 0.0, math.inf, low_open=False)
+        check_float("zipf_exponent", self.zipf_exponent, 0.0, None, low_open=True)
+        check_float("corr_scale", self.corr_scale, 0.0, None, low_open=False)
         if self.corr_rank * self.corr_scale**2 >= 1:
             raise ValueError(
                 f"corr_scale={self.corr_scale} too large for corr_rank={self.corr_rank}: "
                 "corr_rank * corr_scale**2 must be < 1 (a valid correlation matrix)"
             )
-        _check_number("ortho_lr", self.ortho_lr, 0.0, math.inf)
-        _check_number("mean_start", self.mean_start, 0.0, math.inf)
-        _check_number("mean_end", self.mean_end, 0.0, math.inf)
-        _check_number("std_mean", self.std_mean, 0.0, math.inf, low_open=False)
-        _check_number("std_std", self.std_std, 0.0, math.inf)
-        _check_number("bias", self.bias, 0.0, math.inf, low_open=False)
-        _check_number("lr", self.lr, 0.0, math.inf)
+        check_float("ortho_lr", self.ortho_lr, 0.0, None, low_open=True)
+        check_float("mean_start", self.mean_start, 0.0, None, low_open=True)
+        check_float("mean_end", self.mean_end, 0.0, None, low_open=True)
+        check_float("std_mean", self.std_mean, 0.0, None, low_open=False)
+        check_float("std_std", self.std_std, 0.0, None, low_open=True)
+        check_float("bias", self.bias, 0.0, None, low_open=False)
+        check_float("lr", self.lr, 0.0, None, low_open=True)
         if self.n_roots * self.tree_size > self.n_features:
             raise ValueError(
                 f"n_roots={self.n_roots} trees of {self.tree_size} features (branching={self.branching}, "
@@ -265,7 +253,7 @@ def scaled(n_features: int, samples: int, batch_size: int = 1024, lr: float = 3e
     - ``samples``, ``batch_size`` and ``lr`` are the caller's: the protocol's 200M samples are out
       of reach of a CPU.
     """
-    _check_int("n_features", n_features, 2)
+    check_int("n_features", n_features, 2)
     ref = SYNTHSAEBENCH_16K
     return dataclasses.replace(
         ref,
@@ -420,7 +408,7 @@ def generate_samples(
     """
     from sae_lens.util import temporary_seed
 
-    _check_int("n", n, 1)
+    check_int("n", n, 1)
     folder = Path(folder)
     meta_path = folder / "meta.json"
     want = {"n": n, "seed": seed, "shard": shard, "n_features": model.cfg.num_features}
@@ -598,7 +586,7 @@ def prepare(
     true L0 of a first chunk); otherwise training and evaluation draw live samples from the model
     (on ``device``), each stream from its own seed.
     """
-    _check_int("n_eval", n_eval, 1)
+    check_int("n_eval", n_eval, 1)
     t0 = time.perf_counter()
     model = build_model(cfg, root, device=device)
     build_seconds = time.perf_counter() - t0
@@ -681,7 +669,7 @@ def protocol(
     to ``SHORT_BATCH`` / ``SHORT_LR`` for shorter ones. With ``n_features=16384, hidden_dim=768,
     width=4096, samples=200_000_000`` this is exactly :data:`SYNTHSAEBENCH_16K`.
     """
-    _check_int("samples", samples, 1)
+    check_int("samples", samples, 1)
     long = samples >= LONG_RUN
     base = scaled(n_features, samples, batch_size or (SYNTHSAEBENCH_16K.batch_size if long else SHORT_BATCH),
                   lr or (SYNTHSAEBENCH_16K.lr if long else SHORT_LR))

@@ -13,7 +13,6 @@ SAELens's own trainers side by side, on the same cached samples.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -28,12 +27,11 @@ from lib.synthbench import (
     BenchData,
     HiddenSampler,
     SAELensView,
-    _check_int,
-    _check_number,
     evaluate,
     hierarchy_parents,
     prepare,
 )
+from lib.validation import check_float, check_int
 
 
 def check_sweep(cfg: BenchConfig, **sweeps) -> None:
@@ -51,9 +49,9 @@ def check_sweep(cfg: BenchConfig, **sweeps) -> None:
                 if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= cfg.width:
                     raise ValueError(f"{name}: every k must be an int in [1, width={cfg.width}], got {v!r}")
             elif name == "ortho_weights":
-                _check_number(name, v, 0.0, math.inf, low_open=False)
+                check_float(name, v, 0.0, None, low_open=False)
             else:
-                _check_number(name, v, 0.0, math.inf)
+                check_float(name, v, 0.0, None, low_open=True)
         if name == "ortho_weights" and 0 not in values:
             raise ValueError(f"ortho_weights must include 0 (the baseline), got {values}")
         if len(set(values)) != len(values):
@@ -117,7 +115,14 @@ def _seeded_init(sae, seeds: list[int]) -> None:
 
 def _train_stack(sae, data: BenchData, specs: list[OurSpec], ortho, device: str, progress: bool,
                  recipe: dict | None, desc: str):
-    """The one place this project's SAEs are trained (``recipe``: extra TrainConfig fields)."""
+    """The one place this project's SAEs are trained (``recipe``: extra TrainConfig fields, or
+    ``"lm"``: the study's training recipe, :func:`lib.recipe.lm_recipe` for the stack's kind)."""
+    from lib.recipe import lm_recipe
+
+    if isinstance(recipe, str):
+        if recipe != "lm":
+            raise ValueError(f"recipe must be a dict of TrainConfig fields, 'lm' or None, got {recipe!r}")
+        recipe = {"recipe": lm_recipe(sae.cfg.kind, data.cfg.steps, data.cfg.hidden_dim)}
     from lib.train import TrainConfig, train
 
     cfg = data.cfg
@@ -141,13 +146,16 @@ def train_ours(
     ortho=None,
     device: str = "cpu",
     progress: bool = True,
-    recipe: dict | None = None,
+    recipe: dict | str | None = "lm",
 ) -> list[TrainedSAE]:
     """Train this project's SAEs on the run's training samples, as few stacks as possible.
 
     ReLU SAEs form one stack (per-model L1 coefficient and orthogonality weight); TopK SAEs one
     stack per k. Every model sees the same samples in the same order; a seed gives the same
     initialisation in every stack. ``ortho``: the penalty (default: the study's proposal).
+    ``recipe``: ``"lm"`` (default) trains with the study's recipe (:func:`lib.recipe.lm_recipe`:
+    warm-up, decay, L1 warm-up, clipping, b_dec at the geometric median, resampling or AuxK), as
+    SAELens's runner trains its peers with its own; None: the plain loop; a dict: TrainConfig fields.
     """
     from lib.ortho import OrthoConfig
     from lib.sae import SAE, SAEConfig
@@ -205,7 +213,7 @@ def peer_config(architecture: str, cfg: BenchConfig, sparsity: float, device: st
 
     common = {"d_in": cfg.hidden_dim, "d_sae": cfg.width, "device": device}
     if architecture == "standard":
-        _check_number("sparsity (L1 coefficient)", sparsity, 0.0, math.inf)
+        check_float("sparsity (L1 coefficient)", sparsity, 0.0, None, low_open=True)
         return StandardTrainingSAEConfig(**common, l1_coefficient=float(sparsity))
     if architecture not in PEER_ARCHITECTURES:
         raise ValueError(f"architecture must be one of {tuple(PEER_ARCHITECTURES)}, got {architecture!r}")
@@ -215,6 +223,17 @@ def peer_config(architecture: str, cfg: BenchConfig, sparsity: float, device: st
         return BatchTopKTrainingSAEConfig(**common, k=float(sparsity))
     widths = sorted({max(1, cfg.width // 32), max(1, cfg.width // 8), max(1, cfg.width // 2), cfg.width})
     return MatryoshkaBatchTopKTrainingSAEConfig(**common, k=float(sparsity), matryoshka_widths=widths)
+
+
+# SAELens's runner counts a latent dead after ``dead_feature_window`` steps without firing (default
+# 1000 of the published 195K steps). At the CPU scale (~1000 steps) that window is the whole run, so
+# AuxK never sees a dead latent; the windows are scaled to 10% / 20% of the run instead (as
+# lib.recipe.lm_recipe's dead window), and kept at SAELens's defaults for runs long enough for them.
+def peer_windows(steps: int) -> dict[str, int]:
+    """SAELens's dead-feature and feature-sampling windows (steps) for a run of ``steps`` steps."""
+    check_int("steps", steps, 1)
+    dead = min(1000, max(1, steps // 10))
+    return {"dead_feature_window": dead, "feature_sampling_window": min(2000, max(dead, steps // 5))}
 
 
 def _recording(cls, every: int):
@@ -250,6 +269,7 @@ def train_peer(spec: PeerSpec, data: BenchData, device: str = "cpu") -> TrainedS
     runner_cfg = SyntheticSAERunnerConfig(
         synthetic_model=cfg.sae_lens_config(), sae=sae_cfg, training_samples=cfg.samples,
         batch_size=cfg.batch_size, lr=cfg.lr, device=device, eval_frequency=0, run_final_eval=False,
+        **peer_windows(cfg.steps),
         checkpoint_path=None, output_path=None, logger=LoggingConfig(log_to_wandb=False),
     )
     model = _with_generator(data.model, data.train_source(dense=False))
@@ -436,7 +456,7 @@ def l1_throughput(data: BenchData, our_l1: float, their_l1: float, steps: int = 
     alternately; the median of each (a side-by-side benchmark under the same conditions)."""
     import statistics
 
-    _check_int("steps", steps, 1)
+    check_int("steps", steps, 1)
     short = dataclasses.replace(data, cfg=dataclasses.replace(data.cfg, samples=steps * data.cfg.batch_size))
     ours, theirs = [], []
     for _ in range(reps):

@@ -154,7 +154,11 @@ print(f"k values (TopK, BatchTopK, Matryoshka): {ks}")
 # process trains the stacked SAEs of this project (models side by side along a leading
 # dimension; ReLU+L1 in one stack, TopK one stack per k). Same samples, order, batch size, lr and
 # number of steps for all. A seed means the same initialisation for every setting of this
-# project's SAEs (paired seeds); SAELens initialises its own.
+# project's SAEs (paired seeds); SAELens initialises its own. This project's SAEs train with the
+# study's recipe (`lib.recipe.lm_recipe`: lr warm-up and decay, L1 warm-up, gradient clipping,
+# b_dec at the geometric median, resampling for ReLU, AuxK for TopK), as SAELens's runner trains
+# its peers with its own; SAELens's dead-feature windows are scaled to the run's length
+# (`sr.peer_windows`: its default of 1000 steps would be the whole CPU-scale run).
 
 # %%
 peer_specs = (
@@ -168,7 +172,8 @@ our_specs = (
     + [sr.OurSpec("topk", k, w, s) for k in ks for w in ortho_weights for s in range(n_seeds)]
 )
 t0 = time.perf_counter()
-ours = sr.train_ours(data, our_specs, device=device)
+ours = sr.train_ours(data, our_specs, device=device, recipe="lm")
+print(f"SAELens windows (steps): {sr.peer_windows(data.cfg.steps)}")
 our_seconds = time.perf_counter() - t0
 t0 = time.perf_counter()
 score = sr.Scorer(data, parents)
