@@ -67,7 +67,7 @@ def saelens(sample: Callable[[int], Tensor], d: int, n: int, batch: int, steps: 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m lib.bench_trainer", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n-latents", type=int, default=2048)
+    ap.add_argument("--n-latents", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=100, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported)")
