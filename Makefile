@@ -72,7 +72,7 @@ test: lint unit nbval
 # Which kernels this machine runs under the Makefile's settings, and what pinning costs here.
 numerics: setup
 	$(PY) -m lib.numerics --check
-	$(PY) -m lib.numerics --bench
+	$(PY) -m lib.numerics --bench --out results/numerics_bench.md
 
 clean:
 	rm -rf $(VENV) notebooks/*.tmp.ipynb

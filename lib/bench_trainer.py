@@ -15,6 +15,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -75,7 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-tokens", type=int, default=1_000_000, help="the activation cache to draw from")
     ap.add_argument("--random", type=int, default=0, metavar="D", help="random inputs of dimension D instead")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", help="also write the table (Markdown) to this file")
     a = ap.parse_args(argv)
+    if a.out and not Path(a.out).parent.is_dir():
+        ap.error(f"--out: the folder {Path(a.out).parent} does not exist")
     for flag in ("n_latents", "batch", "steps", "rounds", "threads", "train_tokens"):
         if getattr(a, flag) <= 0:
             ap.error(f"--{flag.replace('_', '-')} must be > 0, got {getattr(a, flag)}")
@@ -101,11 +105,19 @@ def main(argv: list[str] | None = None) -> None:
         times["ours"].append(ours(sample, d, a.n_latents, a.batch, a.steps, 1.0, 1e-3))
         times["SAELens"].append(saelens(sample, d, a.n_latents, a.batch, a.steps, 1.0, 1e-3))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{label}; {a.n_latents} latents, batch {a.batch}, {a.steps} steps x {a.rounds} alternating rounds, "
-          f"{a.threads} threads")
-    for k, v in med.items():
-        print(f"{k:>8}: {v * 1e3:8.1f} ms/step  {a.batch / v:10,.0f} tokens/s")
-    print(f"ours / SAELens throughput: {med['SAELens'] / med['ours']:.2f}x")
+    lines = [(f"{label}; {a.n_latents} latents, batch {a.batch}, {a.steps} steps x {a.rounds} alternating rounds, "
+             f"{a.threads} threads"), "", "| trainer | ms / step | tokens / s |", "|---|---|---|"]
+    lines += [f"| {k} | {v * 1e3:.1f} | {a.batch / v:,.0f} |" for k, v in med.items()]
+    lines += ["", f"ours / SAELens throughput: {med['SAELens'] / med['ours']:.2f}x"]
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        out = Path(a.out)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(f"# Trainer throughput: ours vs SAELens\n\nWritten by `python -m lib.bench_trainer --out "
+                       f"{out.name}`.\n\n{text}\n")
+        tmp.replace(out)
+        print(f"written to {out}")
 
 
 if __name__ == "__main__":

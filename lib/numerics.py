@@ -304,7 +304,12 @@ def _main(argv: list[str] | None = None) -> int:
     g.add_argument("--bench", action="store_true", help="time the pinned settings against the unpinned ones")
     g.add_argument("--fingerprint", action="store_true", help="print the digests of a short workload (JSON)")
     ap.add_argument("--repeats", type=int, default=3, help="--bench: alternating runs per setting (default 3)")
+    ap.add_argument("--out", help="--bench: also write the table (Markdown) to this file")
     args = ap.parse_args(argv)
+    if args.out and not args.bench:
+        ap.error("--out only applies to --bench")
+    if args.out and not Path(args.out).parent.is_dir():
+        ap.error(f"--out: the folder {Path(args.out).parent} does not exist")
     if args.repeats < 1:
         ap.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.env:
@@ -328,12 +333,21 @@ def _main(argv: list[str] | None = None) -> int:
         return 1 if issues else 0
     start = time.perf_counter()
     res = bench(args.repeats)
-    print(f"{'workload':<26} {'unpinned (s)':>13} {'pinned (s)':>11} {'pinned / unpinned':>18}")
+    lines = ["| workload | unpinned (s) | pinned (s) | pinned / unpinned |", "|---|---|---|---|"]
     for k in res["pinned"]:
         u, p = res["unpinned"][k], res["pinned"][k]
-        print(f"{k:<26} {u:>13.4f} {p:>11.4f} {p / u:>18.3f}")
-    print(f"(median of {args.repeats} alternating fresh processes each; {time.perf_counter() - start:.0f} s in all; "
-          f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores)")
+        lines.append(f"| {k} | {u:.4f} | {p:.4f} | {p / u:.3f} |")
+    lines.append(f"\nMedian of {args.repeats} alternating fresh processes each; {time.perf_counter() - start:.0f} s in "
+                 f"all; CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores.")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text("# Speed cost of the pinned numerics\n\nWritten by `python -m lib.numerics --bench --out "
+                       f"{out.name}`.\n\n{text}\n")
+        tmp.replace(out)
+        print(f"written to {out}")
     return 0
 
 
