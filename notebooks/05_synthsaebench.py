@@ -70,7 +70,7 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from lib import frontier, plotting
+from lib import frontier, plotting, report
 from lib import synthbench as sb
 from lib import synthbench_runs as sr
 from lib.reproducibility import setup
@@ -521,14 +521,14 @@ for e in effects.values():
 assert all(np.isfinite(v) for v in gap.values()) and np.isfinite(matry)
 
 # %%
-# The findings and the comparison table, written for the README (temporary name, then renamed).
-RESULTS = plotting.FIGURES.parent / "results"
-out = RESULTS / "synthsaebench_summary.md"
-tmp = out.with_name(out.name + ".tmp")
-tmp.write_text(
+# The findings (for the README's generated section) and the comparison table, written atomically.
+findings = (f"## Findings on SynthSAEBench (notebook 05: {SCALE}; scored by SAELens's evaluator; the comparison "
+            "table is [`results/synthsaebench_summary.md`](results/synthsaebench_summary.md))\n\n" + "\n".join(lines))
+print(f"written to {report.write_findings('05', findings).name}")
+out = report.write_result(
+    "synthsaebench_summary.md",
     "Written by `notebooks/05_synthsaebench.py` from its run.\n\n" + "\n".join(lines)
     + f"\n\nAt L0 = {L0_CMP:.2f}, next to the published SynthSAEBench-16k table (L0 = 25):\n\n"
-    + table.to_markdown() + "\n"
+    + table.to_markdown() + "\n",
 )
-tmp.replace(out)
-print(f"written to {out.relative_to(RESULTS.parent)}")
+print(f"written to {out.name}")
