@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--ortho-weight", type=float, default=0.01)
     p.add_argument("--ortho-method", default="chunked")
+    p.add_argument("--out", help="also write the table (Markdown) to this file")
     a = p.parse_args(argv)
+    if a.out and not Path(a.out).parent.is_dir():
+        raise SystemExit(f"--out: the folder {Path(a.out).parent} does not exist")
     try:
         procs = [int(x) for x in a.procs.split(",") if x.strip()]
     except ValueError:
@@ -83,7 +86,15 @@ def main(argv: list[str] | None = None) -> None:
                      f"{s['inputs_per_s'] / base['inputs_per_s']:.2f} | {diff:.1e} |")
     lines.append("")
     lines.append(" ".join(f"p{n}t{t}={s['inputs_per_s']:.0f}" for n, t, s in runs))
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        out = Path(a.out)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(f"# Data-parallel throughput\n\nWritten by `python -m lib.bench_distributed --out {out.name}`.\n\n"
+                       f"{text}\n")
+        tmp.replace(out)
+        print(f"written to {out}")
 
 
 if __name__ == "__main__":
