@@ -54,7 +54,7 @@ corpus: str = "python-docs"
 train_tokens: int = 1_000_000  # tokens harvested (both layers, one pass); notebooks 03-04 reuse them
 sae_tokens: int = 600_000  # drawn (with replacement) from those per SAE
 eval_tokens: int = 32_768  # held-out tokens for FVE, L0, dead/dense and CE
-ce_tokens: int = 32_768  # of those, scored with each SAE spliced in
+ce_tokens: int = 8_192  # of those, scored with each SAE spliced in (a spliced pass runs the rest of the model: pass 32_768+ on a GPU)
 n_latents: int = 1024
 batch_size: int = 256
 lr: float = 1e-3
@@ -398,7 +398,7 @@ rand_fve = mean("random init", "fve")
 stab = sweep.mean_std(q8, ["kind"], ["shared", "match"])
 shared = {k: float(q8[q8.kind == k].shared.mean()) for k in q8.kind.unique()}
 matchf = {k: float(q8[q8.kind == k].match.mean()) for k in q8.kind.unique()}
-stand_in = (f"This run used the **offline stand-in {LABEL}** on the Python documentation, not Pythia-70M: "
+stand_in = (f"This run used **{LABEL}** on the Python documentation, not Pythia-70M: "
             "the dictionary_learning reference numbers do not apply." if data.lm.stand_in else
             f"This run used {LABEL}.")
 text = f"""{stand_in} Each SAE saw {SPECS['vanilla'].steps * batch_size:,} tokens ({SPECS['vanilla'].steps:,} steps),
