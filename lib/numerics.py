@@ -89,8 +89,17 @@ def effective() -> dict[str, object]:
     }
 
 
-def problems() -> list[str]:
-    """Everything that differs from the pinned numerics in this process ([] when pinned)."""
+# Thread counts of the OpenMP / MKL pools: pinned for the defaults, but a run may use another count
+# on purpose (``setup(threads=...)``, or torchrun, which starts each process with OMP_NUM_THREADS=1);
+# the count is then part of the run's parameters, like ``threads`` itself.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def problems(threads: int | None = None) -> list[str]:
+    """Everything that differs from the pinned numerics in this process ([] when pinned).
+
+    ``threads``: the intra-op thread count the run asked for (:func:`lib.reproducibility.setup`);
+    the OpenMP / MKL thread variables may equal it instead of their pinned value."""
     if not applies():
         return [
             (
@@ -102,7 +111,7 @@ def problems() -> list[str]:
     out = [
         f"{k}={os.environ.get(k)!r} in the environment, pinned {v!r}"
         for k, v in want.items()
-        if os.environ.get(k) != v
+        if os.environ.get(k) != v and not (k in THREAD_VARS and threads is not None and os.environ.get(k) == str(threads))
     ]
     eff = effective()
     if eff["torch_capability"] != want["ATEN_CPU_CAPABILITY"].upper():

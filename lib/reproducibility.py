@@ -16,10 +16,11 @@ class NumericsWarning(RuntimeWarning):
     """The CPU numerics are not the pinned ones (see :mod:`lib.numerics`)."""
 
 
-def check_numerics() -> list[str]:
+def check_numerics(threads: int | None = None) -> list[str]:
     """Warn loudly (or raise, with ``SAE_STUDY_STRICT_NUMERICS=1``) when the CPU numerics are not
-    pinned; returns the list of problems ([] when pinned)."""
-    issues = numerics.problems()
+    pinned; returns the list of problems ([] when pinned). ``threads``: the run's thread count
+    (see :func:`lib.numerics.problems`)."""
+    issues = numerics.problems(threads)
     if issues:
         msg = (
             "CPU numerics are not pinned, so results can differ from the committed ones in the last bits "
@@ -56,5 +57,5 @@ def setup(seed: int = 0, threads: int = 2) -> torch.Generator:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    check_numerics()
+    check_numerics(threads)
     return torch.Generator().manual_seed(seed)

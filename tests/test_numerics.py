@@ -138,3 +138,20 @@ def test_kernel_spec_carries_the_pinned_environment(tmp_path):
     assert spec["argv"][:3] == ["/x/python", "-m", "ipykernel_launcher"]
     assert spec["env"] == {**numerics.pinned_env(), numerics.STRICT_VAR: "1"}
     assert (tmp_path / "share/jupyter/kernels/python3/kernel.json").exists()
+
+
+@needs_x86
+def test_thread_variables_may_follow_the_runs_thread_count():
+    """torchrun starts each process with OMP_NUM_THREADS=1; a run that asks for 1 thread is pinned."""
+    env = {**_clean_env(), "PYTHONPATH": str(ROOT), **numerics.pinned_env(), "OMP_NUM_THREADS": "1"}
+    code = ("from lib import numerics; print('|'.join(numerics.problems()) + '#' + "
+            "'|'.join(numerics.problems(threads=1)) + '#' + '|'.join(numerics.problems(threads=2)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    default, one, two = out.split("#")
+    assert "OMP_NUM_THREADS='1'" in default and one == "" and "OMP_NUM_THREADS='1'" in two
+    # an ISA pin cannot be excused by a thread count
+    env["MKL_CBWR"] = "AUTO"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert "MKL_CBWR" in out.split("#")[1]
