@@ -54,7 +54,7 @@ def saelens(sample: Callable[[int], Tensor], d: int, n: int, batch: int, steps: 
 
     def run(n_steps: int) -> float:
         cfg = SAETrainerConfig(
-            total_training_samples=n_steps * batch, train_batch_size_samples=batch, lr=lr, device="cpu",
+            total_training_samples=n_steps * batch, train_batch_size_samples=batch, lr=lr, lr_end=lr / 10, device="cpu",
             logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
         )
         trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=Batches(), save_checkpoint_fn=lambda path: None)
