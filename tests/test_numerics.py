@@ -97,14 +97,15 @@ def test_env_command_is_shell_safe():
 
 
 def test_setup_warns_or_refuses_when_not_pinned(monkeypatch):
-    monkeypatch.setattr(numerics, "problems", lambda: ["ATEN_CPU_CAPABILITY=None in the environment, pinned 'avx2'"])
+    monkeypatch.setattr(numerics, "problems",
+                        lambda threads=None: ["ATEN_CPU_CAPABILITY=None in the environment, pinned 'avx2'"])
     monkeypatch.delenv(numerics.STRICT_VAR, raising=False)
     with pytest.warns(NumericsWarning, match="ATEN_CPU_CAPABILITY"):
         setup(0, threads=1)
     monkeypatch.setenv(numerics.STRICT_VAR, "1")
     with pytest.raises(RuntimeError, match="not pinned"):
         setup(0, threads=1)
-    monkeypatch.setattr(numerics, "problems", list)
+    monkeypatch.setattr(numerics, "problems", lambda threads=None: [])
     with warnings.catch_warnings():
         warnings.simplefilter("error", NumericsWarning)
         assert check_numerics() == []
