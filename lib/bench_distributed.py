@@ -22,6 +22,8 @@ from pathlib import Path
 
 import safetensors.torch
 
+from lib.report import atomic_write
+
 
 def run_config(procs: int, threads: int, args: argparse.Namespace, folder: Path) -> dict:
     """One torchrun launch; returns its summary and decoder."""
@@ -89,11 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     if a.out:
-        out = Path(a.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(f"# Data-parallel throughput\n\nWritten by `python -m lib.bench_distributed --out {out.name}`.\n\n"
+        out = atomic_write(Path(a.out), f"# Data-parallel throughput\n\nWritten by `python -m lib.bench_distributed --out {Path(a.out).name}`.\n\n"
                        f"{text}\n")
-        tmp.replace(out)
         print(f"written to {out}")
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from lib.recipe import lm_recipe
+from lib.report import atomic_write
 from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
 from lib.train import Stepper, TrainConfig
@@ -112,11 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(lines)
     print(text)
     if a.out:
-        out = Path(a.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(f"# Trainer throughput: ours vs SAELens\n\nWritten by `python -m lib.bench_trainer --out "
-                       f"{out.name}`.\n\n{text}\n")
-        tmp.replace(out)
+        out = atomic_write(Path(a.out), f"# Trainer throughput: ours vs SAELens\n\nWritten by `python -m lib.bench_trainer --out "
+                       f"{Path(a.out).name}`.\n\n{text}\n")
         print(f"written to {out}")
 
 

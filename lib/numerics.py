@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from lib.report import atomic_write
+
 ENV_FILE = Path(__file__).with_name("numerics.env")
 # Set to "1" (the Makefile does) to make setup() refuse unpinned numerics instead of warning.
 STRICT_VAR = "SAE_STUDY_STRICT_NUMERICS"
@@ -351,11 +353,8 @@ def _main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        out = Path(args.out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text("# Speed cost of the pinned numerics\n\nWritten by `python -m lib.numerics --bench --out "
-                       f"{out.name}`.\n\n{text}\n")
-        tmp.replace(out)
+        out = atomic_write(Path(args.out), "# Speed cost of the pinned numerics\n\nWritten by `python -m lib.numerics --bench --out "
+                       f"{Path(args.out).name}`.\n\n{text}\n")
         print(f"written to {out}")
     return 0
 

@@ -26,7 +26,8 @@ README = paths.ROOT / "README.md"
 PATTERN = "findings_*.md"
 
 
-def _atomic_write(path: Path, text: str) -> Path:
+def atomic_write(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary name and a rename (never a half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -39,7 +40,7 @@ def write_result(name: str, text: str, folder: Path | None = None) -> Path:
     temporary file and a rename, so a reader never sees half a file. Returns the path."""
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise ValueError(f"name must be a plain file name, got {name!r}")
-    return _atomic_write((paths.RESULTS if folder is None else Path(folder)) / name, text)
+    return atomic_write((paths.RESULTS if folder is None else Path(folder)) / name, text)
 
 
 def write_findings(notebook: str, text: str, folder: Path | None = None) -> Path:
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if current != wanted:
-        _atomic_write(args.readme, wanted)
+        atomic_write(args.readme, wanted)
         print(f"updated the findings section of {args.readme.name}")
     return 0
 
