@@ -8,6 +8,13 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 export TQDM_MININTERVAL ?= 30
 # Extra papermill parameters, e.g. make study PARAMS="-p device cuda -p scale 4"
 PARAMS ?=
+# Trained SAEs live in the committed store results/saes/ (lib/store.py): `make study` trains only
+# what is missing there, `make study RETRAIN=1` retrains everything and reports what changed, and
+# `make test` never trains (a missing stored run is an error naming it).
+RETRAIN ?= 0
+STUDY_STORE := $(if $(filter 1,$(RETRAIN)),retrain,train)
+# The perturbation test: every tensor read from the store multiplied by 1 + PERTURB * N(0, 1).
+PERTURB ?= 1e-6
 # nbval's limit per notebook cell (s): the longest default cell takes ~10 min on 2 idle cores;
 # the margin covers a loaded machine.
 NBVAL_CELL_TIMEOUT ?= 3600
@@ -25,7 +32,7 @@ export SAE_STUDY_STRICT_NUMERICS := 1
 endif
 
 RENDERS := $(NOTEBOOKS:.py=.render)
-.PHONY: setup study test lint unit nbval numerics clean $(RENDERS)
+.PHONY: setup study test lint unit nbval nbval-perturbed retrain-check store-check numerics clean $(RENDERS)
 
 setup: $(VENV)/.installed
 
@@ -42,12 +49,13 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml lib/numerics
 # After the renders, the README's findings section is regenerated from results/findings_*.md.
 study: setup $(RENDERS)
 	$(PY) -m lib.report
+	$(PY) -m lib.store --verify --report
 
 # Render one notebook: fresh inputs from the .py source -> papermill -> strip volatile metadata
 # -> replace the committed .ipynb only when the run succeeded.
 $(RENDERS): notebooks/%.render: notebooks/%.py | setup
 	$(VENV)/bin/jupytext --to ipynb --output notebooks/$*.in.tmp.ipynb $<
-	$(VENV)/bin/papermill notebooks/$*.in.tmp.ipynb notebooks/$*.out.tmp.ipynb --cwd notebooks $(PARAMS)
+	SAE_STUDY_STORE=$(STUDY_STORE) $(VENV)/bin/papermill notebooks/$*.in.tmp.ipynb notebooks/$*.out.tmp.ipynb --cwd notebooks $(PARAMS)
 	$(VENV)/bin/nbstripout --keep-output --keep-count --extra-keys "metadata.papermill cell.metadata.papermill cell.metadata.execution" notebooks/$*.out.tmp.ipynb
 	mv notebooks/$*.out.tmp.ipynb notebooks/$*.ipynb
 	rm -f notebooks/$*.in.tmp.ipynb
@@ -57,17 +65,32 @@ lint: setup
 	$(VENV)/bin/ruff check lib tests notebooks
 
 unit: setup
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q tests --ignore=tests/after_nbval
 
 # The committed notebooks were rendered offline (the SmolLM2 stand-in); validate them the same way,
 # so a machine that can reach the Hugging Face hub does not compare Pythia numbers with them.
 # Figures and result tables go to a temporary folder: the committed ones stay byte-identical.
+# The store is read, never written (SAE_STUDY_STORE=require).
+NBVAL = HF_HUB_OFFLINE=1 SAE_STUDY_STORE=require SAE_STUDY_OUTPUT="$$out" $(VENV)/bin/python -m pytest -q \
+	  --nbval-lax --nbval-current-env --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) \
+	  --nbval-sanitize-with tests/nbval_sanitize.cfg
 nbval: setup
-	@out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; \
-	HF_HUB_OFFLINE=1 SAE_STUDY_OUTPUT="$$out" $(VENV)/bin/python -m pytest -q --nbval-lax --nbval-current-env \
-	  --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
+	@out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; $(NBVAL) notebooks/
 
-test: lint unit nbval
+# The perturbation test: the same checked cells with every stored tensor perturbed by PERTURB
+# (relative), what another CPU's rounding does; no checked output may move.
+nbval-perturbed: setup
+	@out=$$(mktemp -d); trap 'rm -rf "$$out"' EXIT; SAE_STUDY_PERTURB=$(PERTURB) $(NBVAL) notebooks/
+
+# Retrain a sample of stored runs from scratch and compare (tests/after_nbval: needs the
+# activation cache that nbval's notebook 02 harvested).
+retrain-check: setup
+	HF_HUB_OFFLINE=1 SAE_STUDY_STORE=require $(VENV)/bin/python -m pytest -q tests/after_nbval
+
+store-check: setup
+	$(PY) -m lib.store --verify
+
+test: lint store-check unit nbval nbval-perturbed retrain-check
 
 # Which kernels this machine runs under the Makefile's settings, and what pinning costs here.
 numerics: setup

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -181,6 +182,11 @@ def nn_cos_stats(W_dec: Tensor) -> dict[str, float]:
     return {"nn_cos_mean": float(c.mean()), "nn_cos_p95": float(np.quantile(c, 0.95)), "near_duplicates": int((c > 0.9).sum())}
 
 
+def _slug(name: str) -> str:
+    """A variant name as a folder name of the store."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_") or "variant"
+
+
 def run_variants(
     variants: Sequence[Variant],
     sample: sweep.Source,
@@ -202,6 +208,8 @@ def run_variants(
     extra: Callable[[SAE, int], dict] | None = None,
     reference_penalty: tuple[float, OrthoConfig] | None = None,
     desc: str = "variants",
+    store: str | None = None,
+    key: Any = None,
 ) -> tuple[pd.DataFrame, dict[str, SAE]]:
     """Train each variant as a stack of ``n_seeds`` SAEs and evaluate every model.
 
@@ -220,6 +228,8 @@ def run_variants(
         extra: ``extra(single_sae, model_index) -> dict`` of more columns per model.
         reference_penalty: ``(lambda_orth, config)`` of the penalised objective every model is
             scored on (``objective_penalised``, e.g. the proposal's); default: none.
+        store, key: keep each variant's stack in the study's store as ``{store}/{variant}``
+            (:func:`lib.sweep.fit_stack`).
 
     Returns:
         One row per trained model (variant, group, seed, weight, metrics, and the objectives on
@@ -259,6 +269,7 @@ def run_variants(
             grid, source, d=d, n_latents=v.n_latents or n_latents, kind=v.kind, k=v.k,
             steps=steps, batch_size=batch_size, lr=lr, l1=l1s[0], ortho=v.ortho, seed=seed,
             device=device, init=init, paired=paired,
+            store=None if store is None else f"{store}/{_slug(v.name)}", key=None if store is None else key,
         )
         stacks[v.name] = sae
         l1_eval = l1_models if v.kind == "relu" else 0.0

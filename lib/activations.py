@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from lib import store
 from lib.validation import check_callable, check_float, check_int, check_output_dir, check_tensor
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -137,7 +138,8 @@ class ActivationStore:
 
     def load(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """All rows, [n, d], in ``dtype``."""
-        return torch.cat([self._shard(s["file"]).to(dtype) for s in self.meta["shards"]])
+        # (perturbed only in the perturbation test, lib.store.perturb)
+        return store.perturb(torch.cat([self._shard(s["file"]).to(dtype) for s in self.meta["shards"]]), salt=7)
 
     def sampler(
         self, scale: float = 1.0, device: str | torch.device = "cpu", in_memory: bool | None = None

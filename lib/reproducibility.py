@@ -22,15 +22,25 @@ def check_numerics(threads: int | None = None) -> list[str]:
     (see :func:`lib.numerics.problems`)."""
     issues = numerics.problems(threads)
     if issues:
-        msg = (
-            "CPU numerics are not pinned, so results can differ from the committed ones in the last bits "
-            "and training runs drift apart:\n  - " + "\n  - ".join(issues) + "\nRun through the Makefile "
-            "(make study / make test), or start Python with the variables of `python -m lib.numerics --env`."
-        )
         if numerics.strict():
-            raise RuntimeError(msg)
-        warnings.warn(msg, NumericsWarning, stacklevel=3)
+            raise RuntimeError(
+                "CPU numerics are not pinned, so results can differ from the committed ones in the last bits "
+                "and training runs drift apart:\n  - " + "\n  - ".join(issues) + "\nRun through the Makefile "
+                "(make study / make test), or start Python with the variables of `python -m lib.numerics --env`."
+            )
+        # a library user running unpinned gets one line, once per process
+        global _warned
+        if not _warned:
+            _warned = True
+            warnings.warn(
+                f"CPU numerics not pinned ({issues[0]}; {len(issues)} in all: `python -m lib.numerics --check`): "
+                "results agree with the committed ones statistically, not to the bit",
+                NumericsWarning, stacklevel=3,
+            )
     return issues
+
+
+_warned = False
 
 
 def setup(seed: int = 0, threads: int = 2) -> torch.Generator:

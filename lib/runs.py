@@ -25,10 +25,10 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from lib import store
 from lib.activations import norm_scale
 from lib.lm_data import LMData
 from lib.ortho import OrthoConfig
-from lib.paths import CACHE
 from lib.recipe import Recipe, lm_recipe
 from lib.sae import SAE, SAEConfig
 from lib.saelens_io import load_sae_lens, save_sae_lens
@@ -53,14 +53,27 @@ SNAPSHOTS = "snapshots.safetensors"  # parameters during training (TrainConfig.s
 
 def load_snapshots(folder: str | Path) -> dict[int, dict[str, Tensor]]:
     """``{step: {parameter: tensor}}`` saved by :func:`train_or_load` in a finished run's folder
-    ({} if none), in training units (the run's inputs were multiplied by its ``scale``)."""
-    path = Path(folder) / SNAPSHOTS
-    if not path.exists():
-        return {}
+    ({} if none), in training units (the run's inputs were multiplied by its ``scale``), float32.
+
+    In a stored run (:func:`train_lm_sae`), a snapshot at the last step is not kept twice: it is
+    the SAE itself, read back from ``sae/`` and brought to training units here."""
+    folder = Path(folder)
+    path = folder / SNAPSHOTS
     out: dict[int, dict[str, Tensor]] = {}
-    for key, v in safetensors.torch.load_file(str(path)).items():
-        step, name = key.split("/", 1)
-        out.setdefault(int(step), {})[name] = v
+    if path.exists():
+        for i, (key, v) in enumerate(sorted(safetensors.torch.load_file(str(path)).items())):
+            step, name = key.split("/", 1)
+            out.setdefault(int(step), {})[name] = store.perturb(v, i).float()
+    manifest = folder / store.MANIFEST
+    if manifest.exists() and out:
+        info = store.verify(folder).get("info", {})
+        final = info.get("final_snapshot_step")
+        if final is not None:
+            sae, _ = load_sae_lens(folder / "sae")
+            s = float(info["scale"])
+            w = {k: store.perturb(v.detach(), 100 + i) for i, (k, v) in enumerate(sorted(sae.state_dict().items()))}
+            out[int(final)] = {"W_enc": w["W_enc"] / s, "b_enc": w["b_enc"], "W_dec": w["W_dec"] * s,
+                               "b_dec": w["b_dec"] * s}
     return dict(sorted(out.items()))
 
 
@@ -220,16 +233,23 @@ class LMSAESpec:
 def _lm_run(data: LMData, layer: int, spec: LMSAESpec, seed: int, root: str | Path | None):
     if layer not in data.train:
         raise ValueError(f"layer {layer} was not harvested; available: {sorted(data.train)}")
-    store = data.train[layer]
-    sae_cfg, cfg = spec.configs(store.d)
-    root = Path(root) if root is not None else CACHE / "saes"
-    return store, sae_cfg, cfg, root, f"{spec.name}-L{layer}-s{seed}"
+    acts = data.train[layer]
+    sae_cfg, cfg = spec.configs(acts.d)
+    return acts, sae_cfg, cfg, (Path(root) if root is not None else None), f"{spec.name}-L{layer}-s{seed}"
+
+
+def _store_spec(name: str, sae_cfg: SAEConfig, cfg: TrainConfig, data_key: str, seed: int, scale: float) -> dict:
+    return {"run_key": run_key(name, sae_cfg, cfg, data_key, seed, scale)}
 
 
 def lm_run_folder(data: LMData, layer: int, spec: LMSAESpec, seed: int = 0, root: str | Path | None = None) -> Path:
-    """The folder of :func:`train_lm_sae`'s run (its ``sae/`` subfolder is the SAELens format)."""
-    store, sae_cfg, cfg, root, name = _lm_run(data, layer, spec, seed, root)
-    return root / run_key(name, sae_cfg, cfg, store.meta["key"], seed, norm_scale(store))
+    """The folder of :func:`train_lm_sae`'s run (its ``sae/`` subfolder is the SAELens format):
+    in the study's store (:mod:`lib.store`) unless ``root`` is given."""
+    acts, sae_cfg, cfg, root, name = _lm_run(data, layer, spec, seed, root)
+    scale = norm_scale(acts)
+    if root is None:
+        return store.folder_of(f"lm/{name}", _store_spec(name, sae_cfg, cfg, acts.meta["key"], seed, scale))
+    return root / run_key(name, sae_cfg, cfg, acts.meta["key"], seed, scale)
 
 
 def train_lm_sae(
@@ -251,7 +271,7 @@ def train_lm_sae(
     Args:
         sample: a sampler of that layer's store, to avoid reloading the data for every run.
     """
-    store, sae_cfg, cfg, root, name = _lm_run(data, layer, spec, seed, root)
+    acts, sae_cfg, cfg, root, name = _lm_run(data, layer, spec, seed, root)
     meta = {
         "model_name": data.lm.name,
         "hook_name": f"blocks.{layer}.hook_resid_post",
@@ -259,7 +279,68 @@ def train_lm_sae(
         "dataset_path": data.corpus.name,
         "stand_in": data.lm.stand_in,
     }
-    return train_or_load(
-        name, sae_cfg, cfg, sample or store.sampler(), store.meta["key"], root, seed=seed,
-        scale=norm_scale(store), metadata=meta, device=device, progress=progress,
-    )
+    scale, data_key = norm_scale(acts), acts.meta["key"]
+    if root is not None:
+        return train_or_load(
+            name, sae_cfg, cfg, sample or acts.sampler(), data_key, root, seed=seed,
+            scale=scale, metadata=meta, device=device, progress=progress,
+        )
+
+    def produce(folder: Path):
+        # trained (resumably, with checkpoints) outside the repository, then kept in half precision
+        work = store.WORK / "lm"
+        sae, history = train_or_load(
+            name, sae_cfg, cfg, sample or acts.sampler(), data_key, work, seed=seed,
+            scale=scale, metadata=meta, device=device, progress=progress,
+        )
+        src = work / run_key(name, sae_cfg, cfg, data_key, seed, scale)
+        save_sae_lens(sae.half(), folder / "sae", metadata={**meta, "training_input_scale": scale})
+        snaps = load_snapshots(src)
+        final = cfg.steps if cfg.steps in snaps else None
+        flat = {f"{step}/{k}": v.half().contiguous() for step, sd in snaps.items() if step != final
+                for k, v in sd.items()}
+        if flat:
+            safetensors.torch.save_file(flat, str(folder / SNAPSHOTS))
+        info = {"scale": scale, "final_snapshot_step": final, "tokens": cfg.steps * cfg.batch_size,
+                "layer": layer, "stored_dtype": "float16", "seed": seed, "data_key": data_key,
+                "lm_spec": spec, "run_name": name}
+        return history, info
+
+    run = store.fetch(f"lm/{name}", _store_spec(name, sae_cfg, cfg, data_key, seed, scale), produce)
+    sae, _ = load_sae_lens(run.folder / "sae")
+    with torch.no_grad():
+        for i, (_, p) in enumerate(sorted(sae.named_parameters())):
+            p.copy_(store.perturb(p.detach(), 200 + i))
+    return sae, run.history
+
+
+def replay_lm_run(folder: str | Path, cache_root: str | Path | None = None) -> SAE:
+    """Train the stored language-model SAE in ``folder`` again from scratch (for the retrain check):
+    same spec, seed and cached activations (``cache_root``, default ``cache/activations``, must hold
+    the run's activation cache: notebook 02 harvests it). Returned in raw units, rounded to the
+    stored half precision, as the store keeps it."""
+    import tempfile
+
+    from lib.activations import META_FILE, ActivationStore
+
+    folder = Path(folder)
+    info = store.verify(folder)["info"]
+    path = Path(cache_root or store.CACHE / "activations") / info["data_key"]
+    if not (path / META_FILE).exists():
+        raise ValueError(f"{folder} needs the activation cache {path}; run notebook 02 (or `make nbval`) to harvest it")
+    acts = ActivationStore(path, json.loads((path / META_FILE).read_text()))
+    raw = dict(info["lm_spec"])
+    if raw.get("recipe") is not None:
+        raise ValueError(f"{folder} was trained with a custom recipe; replay supports the default LM recipe only")
+    ortho = OrthoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.pop("ortho").items()})
+    spec = LMSAESpec(**{**raw, "ortho": ortho, "recipe": None})
+    sae_cfg, cfg = spec.configs(acts.d)
+    seed, scale = int(info["seed"]), norm_scale(acts)
+    want = store.verify(folder)["spec"]["run_key"]
+    got = run_key(info["run_name"], sae_cfg, cfg, info["data_key"], seed, scale)
+    if got != want:
+        raise ValueError(f"{folder}: the rebuilt spec has run key {got}, the stored run {want}; cannot replay it")
+    with tempfile.TemporaryDirectory() as tmp:
+        sae, _ = train_or_load(info["run_name"], sae_cfg, cfg, acts.sampler(), info["data_key"], tmp, seed=seed,
+                               scale=scale, progress=False)
+    return sae.half().float()

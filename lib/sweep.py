@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import itertools
+import json
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import safetensors.torch
 import torch
 from torch import Tensor
 
-from lib import metrics
+from lib import metrics, toy
+from lib import store as st
 from lib.objective import objective_terms
 from lib.optimum import Optimum
 from lib.ortho import OrthoConfig
@@ -26,6 +31,7 @@ from lib.toy import SphereData, ToyData, stack_sampler
 from lib.train import TrainConfig, TrainResult, train
 from lib.validation import (
     ParameterTypeError,
+    canonical,
     check_callable,
     check_columns,
     check_float,
@@ -117,7 +123,7 @@ def eval_inputs(source: Source, n: int, seed: int) -> Tensor:
     state = torch.get_rng_state()
     torch.manual_seed(seed)
     try:
-        return as_sampler(source)(n)
+        return st.perturb(as_sampler(source)(n), salt=8)  # (perturbed only in the perturbation test)
     finally:
         torch.set_rng_state(state)
 
@@ -142,6 +148,8 @@ def train_stack(
     init: Callable[[SAE], None] | None = None,
     paired: bool = False,
     init_scheme: str = "tied",
+    store: str | None = None,
+    key: Any = None,
 ) -> SAE:
     """Train one SAE per row of ``rows``, all at once.
 
@@ -161,11 +169,12 @@ def train_stack(
         init_scheme: :attr:`lib.sae.SAEConfig.init` (``"tied"`` or ``"independent"`` encoder) of
             every model; a column ``init`` of ``rows`` sets it per model instead (all schemes start
             from the same decoders for the same seed).
+        store, key: keep the trained stack in the study's store (see :func:`fit_stack`).
     """
     return fit_stack(
         rows, sample, d, n_latents, kind=kind, k=k, steps=steps, batch_size=batch_size, lr=lr, l1=l1,
         ortho_weight=ortho_weight, ortho=ortho, seed=seed, device=device, progress=progress, init=init,
-        paired=paired, init_scheme=init_scheme,
+        paired=paired, init_scheme=init_scheme, store=store, key=key,
     )[0]
 
 
@@ -212,6 +221,8 @@ def fit_stack(
     init_scheme: str = "tied",
     snapshot_steps: Sequence[int] = (),
     log_every: int | None = None,
+    store: str | None = None,
+    key: Any = None,
 ) -> tuple[SAE, TrainResult]:
     """:func:`train_stack`, also returning the training history and parameter snapshots.
 
@@ -220,7 +231,129 @@ def fit_stack(
             (``TrainResult.snapshots``); with the default constant learning rate, the snapshot at
             step s is the model a run of s steps would end with.
         log_every: steps between history records (default: steps // 10).
+        store: name of the run in the study's store (:mod:`lib.store`): trained once, then loaded
+            (with the global RNG left where training would leave it). None: train, store nothing.
+        key: with ``store``, what else determines the run beyond the arguments and the data sets'
+            configurations (e.g. a notebook's parameters, from which given directions and ``init``
+            are computed); required then, as a sampler callable or ``init`` cannot be hashed.
     """
+    kwargs = {
+        "kind": kind, "k": k, "steps": steps, "batch_size": batch_size, "lr": lr, "l1": l1, "ortho_weight": ortho_weight, "ortho": ortho,
+        "seed": seed, "device": device, "progress": progress, "init": init, "paired": paired, "init_scheme": init_scheme,
+        "snapshot_steps": snapshot_steps, "log_every": log_every,
+    }
+    if store is None:
+        if key is not None:
+            raise ValueError("key has no effect without store (the name of the run in the study's store)")
+        return _fit_stack(rows, sample, d, n_latents, **kwargs)
+    return _stored_stack(store, key, rows, sample, d, n_latents, **kwargs)
+
+
+STACK_FILE = "stack.safetensors"
+_RNG = "_rng_after"  # the global RNG state training left, restored when a stored stack is loaded
+_RNG_BEFORE = "_rng_before"  # the state training started from (for a replay)
+
+
+def _data_identity(sample: Source) -> list:
+    if callable(sample):
+        return ["callable"]
+    out, seen = [], {}
+    for ds in sample:
+        if id(ds) not in seen:
+            seen[id(ds)] = len(seen)
+            cfg = getattr(ds, "cfg", None)
+            out.append({"class": type(ds).__name__, "cfg": canonical(cfg) if cfg is not None else getattr(ds, "d", None)})
+    return [out, [seen[id(ds)] for ds in sample]]
+
+
+def _stored_stack(name: str, key: Any, rows: pd.DataFrame, sample: Source, d: int, n_latents: int, **kw):
+
+    check_instance("rows", rows, pd.DataFrame)
+    if key is None:
+        raise ValueError(f"store={name!r} needs key= (what determines the data and init beyond the arguments, "
+                         "e.g. the notebook's parameters)")
+    spec = {
+        "fn": "fit_stack", "rows": {str(c): [canonical(v) for v in rows[c]] for c in rows.columns},
+        "d": d, "n_latents": n_latents,
+        **{k: v for k, v in kw.items() if k not in ("device", "progress", "init")},
+        "ortho": kw["ortho"] or OrthoConfig(), "init": kw["init"] is not None, "data": _data_identity(sample),
+        "rng": hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest(), "key": key,
+    }
+
+    rng_before = torch.get_rng_state()
+
+    def produce(folder):
+        sae, res = _fit_stack(rows, sample, d, n_latents, **kw)
+        tensors = {k: v.contiguous() for k, v in sae.state_dict().items()}
+        # what a replay of this run needs beyond the spec (lib.store_replay): the RNG state and the data
+        tensors[_RNG_BEFORE] = rng_before
+        replay = {"replayable": not callable(sample) and kw["init"] is None, "data": []}
+        if replay["replayable"]:
+            distinct = list({id(ds): ds for ds in sample}.values())
+            for i, ds in enumerate(distinct):
+                replay["data"].append({"class": type(ds).__name__, "fast_sampler": bool(getattr(ds, "fast_sampler", False)),
+                                       "cfg": canonical(getattr(ds, "cfg", None)), "d": getattr(ds, "d", None)})
+                if hasattr(ds, "directions"):
+                    tensors[f"_data/{i}/directions"] = ds.directions.contiguous()
+            replay["index"] = [[id(ds) for ds in distinct].index(id(ds)) for ds in sample]
+        for step, sd in res.snapshots.items():
+            tensors.update({f"snap/{step}/{k}": v.contiguous() for k, v in sd.items()})
+        tensors[_RNG] = torch.get_rng_state()
+        safetensors.torch.save_file(tensors, str(folder / STACK_FILE), metadata={"replay": json.dumps(replay)})
+        info = {"resumed_from": res.resumed_from, "stale_agreement": res.stale_agreement,
+                "stale_max_error": res.stale_max_error, "certified": res.certified, "world_size": res.world_size}
+        return res.history, info
+
+    run = st.fetch(name, spec, produce)
+    tensors = safetensors.torch.load_file(str(run.folder / STACK_FILE))
+    torch.set_rng_state(tensors.pop(_RNG))
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(("_data/", _RNG_BEFORE))}
+    state = {k: st.perturb(v, i) for i, (k, v) in enumerate(sorted(tensors.items()))}
+    m = len(rows)
+    schemes = {str(v) for v in rows["init"]} if "init" in rows else {kw["init_scheme"]}
+    scheme = schemes.pop() if len(schemes) == 1 else "tied"  # as _fit_stack's stack config records it
+    sae = SAE(SAEConfig(d=d, n_latents=n_latents, kind=kw["kind"], k=kw["k"], n_models=m, init=scheme),
+              generator=torch.Generator())
+    sae.load_state_dict({k: v for k, v in state.items() if not k.startswith("snap/")})
+    snapshots: dict[int, dict[str, Tensor]] = {}
+    for k, v in state.items():
+        if k.startswith("snap/"):
+            _, step, pname = k.split("/", 2)
+            snapshots.setdefault(int(step), {})[pname] = v
+    info = run.info
+    result = TrainResult(
+        history=run.history, resumed_from=info.get("resumed_from", 0),
+        stale_agreement=list(np.atleast_1d(info.get("stale_agreement") or [])),
+        stale_max_error=list(np.atleast_1d(info.get("stale_max_error") or [])),
+        snapshots=dict(sorted(snapshots.items())), certified=info.get("certified") or {},
+        world_size=info.get("world_size", 1),
+    )
+    return sae, result
+
+
+def _fit_stack(
+    rows: pd.DataFrame,
+    sample: Source,
+    d: int,
+    n_latents: int,
+    *,
+    kind: str,
+    k: int | None,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    l1: float,
+    ortho_weight: float,
+    ortho: OrthoConfig | None,
+    seed: int,
+    device: str,
+    progress: bool,
+    init: Callable[[SAE], None] | None,
+    paired: bool,
+    init_scheme: str,
+    snapshot_steps: Sequence[int],
+    log_every: int | None,
+) -> tuple[SAE, TrainResult]:
     check_instance("rows", rows, pd.DataFrame)
     m = len(rows)
     if m == 0:
@@ -287,7 +420,7 @@ def eval_batches(datasets: Sequence[ToyData], n: int, seed: int) -> tuple[Tensor
             if id(ds) not in cache:
                 torch.manual_seed(seed)
                 cache[id(ds)] = tuple(ds.sample(n))
-        x = torch.stack([cache[id(ds)][0] for ds in datasets])
+        x = st.perturb(torch.stack([cache[id(ds)][0] for ds in datasets]), salt=9)  # (the perturbation test)
         c = torch.stack([cache[id(ds)][1] for ds in datasets])
         return x, c
     finally:
@@ -480,3 +613,58 @@ def seeds_matrix(df: pd.DataFrame, x: str, value: str, where: dict | None = None
         df = df[mask]
     table = df.pivot_table(index="seed", columns=x, values=value, aggfunc="mean")
     return table.columns.to_numpy(), table.to_numpy()
+
+
+def stored_stack(folder) -> tuple[SAE, dict]:
+    """The stack of a stored :func:`fit_stack` run (``folder`` in the store) and its manifest."""
+    from pathlib import Path
+
+
+    folder = Path(folder)
+    manifest = st.verify(folder)
+    spec = manifest["spec"]
+    tensors = safetensors.torch.load_file(str(folder / STACK_FILE))
+    state = {k: v for k, v in tensors.items() if not k.startswith(("_", "snap/"))}
+    m = len(next(iter(spec["rows"].values())))
+    sae = SAE(SAEConfig(d=spec["d"], n_latents=spec["n_latents"], kind=spec["kind"], k=spec["k"], n_models=m),
+              generator=torch.Generator())
+    sae.load_state_dict(state)
+    return sae, manifest
+
+
+def replay_stack(folder) -> SAE:
+    """Train the stored :func:`fit_stack` run in ``folder`` again from scratch, from its manifest,
+    its recorded starting RNG state and data (for the retrain check); refuses a run that cannot be
+    replayed (a sampler callable or a constructed ``init``)."""
+    from pathlib import Path
+
+
+    folder = Path(folder)
+    spec = st.verify(folder)["spec"]
+    with safetensors.safe_open(str(folder / STACK_FILE), "pt") as f:
+        replay = json.loads((f.metadata() or {}).get("replay", "{}"))
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith("_")}  # noqa: SIM118
+    if not replay.get("replayable"):
+        raise ValueError(f"{folder} cannot be replayed: it was trained from a sampler callable or a constructed init")
+    datasets = []
+    for i, ds in enumerate(replay["data"]):
+        if ds["class"] == "ToyData":
+            cfg = toy.ToyDataConfig(**{**ds["cfg"], "embedding": "given"})
+            datasets.append(ToyData(cfg, directions=tensors[f"_data/{i}/directions"], fast_sampler=ds["fast_sampler"]))
+        elif ds["class"] == "SphereData":
+            datasets.append(SphereData(int(ds["d"])))
+        else:
+            raise ValueError(f"{folder}: data of class {ds['class']} cannot be replayed")
+    sample = [datasets[i] for i in np.atleast_1d(replay["index"])]
+    rows = pd.DataFrame({c: np.atleast_1d(v) for c, v in spec["rows"].items()})
+    ortho = spec["ortho"]
+    ortho = OrthoConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ortho.items()})
+    torch.set_rng_state(tensors[_RNG_BEFORE])
+    sae, _ = _fit_stack(
+        rows, sample, spec["d"], spec["n_latents"], kind=spec["kind"], k=spec["k"], steps=spec["steps"],
+        batch_size=spec["batch_size"], lr=spec["lr"], l1=spec["l1"], ortho_weight=spec["ortho_weight"], ortho=ortho,
+        seed=spec["seed"], device="cpu", progress=False, init=None, paired=spec["paired"],
+        init_scheme=spec["init_scheme"], snapshot_steps=[int(s) for s in np.atleast_1d(spec["snapshot_steps"] or [])],
+        log_every=spec["log_every"],
+    )
+    return sae

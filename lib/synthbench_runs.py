@@ -18,10 +18,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from lib import store as st
 from lib.synthbench import (
     BenchConfig,
     BenchData,
@@ -147,6 +149,7 @@ def train_ours(
     device: str = "cpu",
     progress: bool = True,
     recipe: dict | str | None = "lm",
+    store: bool = True,
 ) -> list[TrainedSAE]:
     """Train this project's SAEs on the run's training samples, as few stacks as possible.
 
@@ -156,6 +159,7 @@ def train_ours(
     ``recipe``: ``"lm"`` (default) trains with the study's recipe (:func:`lib.recipe.lm_recipe`:
     warm-up, decay, L1 warm-up, clipping, b_dec at the geometric median, resampling or AuxK), as
     SAELens's runner trains its peers with its own; None: the plain loop; a dict: TrainConfig fields.
+    ``store``: keep each trained stack in the study's store (:mod:`lib.store`) and load it from there.
     """
     from lib.ortho import OrthoConfig
     from lib.sae import SAE, SAEConfig
@@ -173,15 +177,45 @@ def train_ours(
                   generator=torch.Generator().manual_seed(0))
         _seeded_init(sae, [s.seed for s in group])
         w0 = sae.W_dec.detach().clone()
-        result, seconds = _train_stack(sae, data, group, ortho, device, False, recipe,
-                                       desc=f"{kind}" + (f" k={k}" if k else "") + f" x{len(group)}")
+        desc = f"{kind}" + (f" k={k}" if k else "") + f" x{len(group)}"
+
+        def produce(folder, sae=sae, group=group, desc=desc):
+            result, seconds = _train_stack(sae, data, group, ortho, device, False, recipe, desc=desc)
+            safetensors.torch.save_file({n: v.detach().cpu().contiguous() for n, v in sae.state_dict().items()},
+                                        str(folder / STACK_FILE))
+            return {"loss": result.history["loss"]}, {"seconds": seconds}
+
+        name = f"05/ours-{kind}" + (f"-k{k}" if k else "")
+        spec = {"bench": cfg, "data_seed": data.data_seed, "specs": group, "ortho": ortho,
+                "recipe": recipe if recipe != "lm" else "lm"}
+        if store:
+            run = st.fetch(name, spec, produce)
+            state = safetensors.torch.load_file(str(run.folder / STACK_FILE))
+            sae.load_state_dict({n: st.perturb(v, i) for i, (n, v) in enumerate(sorted(state.items()))})
+            losses, seconds = np.asarray(run.history["loss"]), float(run.info["seconds"])
+        else:
+            history, info = produce_in_memory(produce)
+            losses, seconds = np.asarray(history["loss"]), info["seconds"]
         sae = sae.cpu()
         for i, s in enumerate(group):
             out.append(TrainedSAE(
                 "L1" if kind == "relu" else "TopK", s.sparsity, s.ortho_weight, s.seed, sae.select(i), w0[i],
-                [float(v) for v in result.history["loss"][:, i]], seconds, len(group) * cfg.samples / seconds,
+                [float(v) for v in losses[:, i]], seconds, len(group) * cfg.samples / seconds,
             ))
     return out
+
+
+STACK_FILE = "stack.safetensors"
+PEER_FILE = "peer.safetensors"
+
+
+def produce_in_memory(produce):
+    """Run a store ``produce`` function without keeping its files (training without the store)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return produce(Path(tmp))
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,13 +286,14 @@ def _recording(cls, every: int):
     return Recording
 
 
-def train_peer(spec: PeerSpec, data: BenchData, device: str = "cpu") -> TrainedSAE:
+def train_peer(spec: PeerSpec, data: BenchData, device: str = "cpu", store: bool = True) -> TrainedSAE:
     """Train one SAELens SAE with ``SyntheticSAERunner`` on the run's training samples.
 
     The runner gets the locally built model with its activation generator replaced by the run's
     samples (:meth:`BenchData.train_source`), so the peer sees the same samples, batch size, lr and
     number of steps as this project's SAEs. Its own final evaluation is switched off: every SAE is
     scored by :class:`Scorer` on the same evaluation samples. ``spec.seed`` seeds its initialisation.
+    ``store``: keep the trained SAE in the study's store (:mod:`lib.store`) and load it from there.
     """
     from sae_lens import LoggingConfig
     from sae_lens.registry import get_sae_training_class
@@ -277,16 +312,35 @@ def train_peer(spec: PeerSpec, data: BenchData, device: str = "cpu") -> TrainedS
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         sae = _recording(cls, max(1, cfg.steps // 100))(sae_cfg)
-        sae.loss_log = []
-        w0 = sae.W_dec.detach().clone().cpu()
-        runner = SyntheticSAERunner(runner_cfg, override_synthetic_model=model, override_sae=sae)
-        t0 = time.perf_counter()
-        trained = runner.run().sae
-        seconds = time.perf_counter() - t0
-    trained = trained.cpu().eval()
+        after_init = torch.get_rng_state()  # training continues this stream
+    sae.loss_log = []
+    w0 = sae.W_dec.detach().clone().cpu()
+
+    def produce(folder):
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(after_init)
+            runner = SyntheticSAERunner(runner_cfg, override_synthetic_model=model, override_sae=sae)
+            t0 = time.perf_counter()
+            trained = runner.run().sae
+            seconds = time.perf_counter() - t0
+        safetensors.torch.save_file({n: v.detach().cpu().contiguous() for n, v in trained.state_dict().items()},
+                                    str(folder / PEER_FILE))
+        return {"loss": list(trained.loss_log)}, {"seconds": seconds}
+
+    if store:
+        run = st.fetch(f"05/peer-{spec.architecture}", {"bench": cfg, "data_seed": data.data_seed, "spec": spec,
+                                                        "windows": peer_windows(cfg.steps)},
+                       produce)
+        state = safetensors.torch.load_file(str(run.folder / PEER_FILE))
+        sae.load_state_dict({n: st.perturb(v, i) for i, (n, v) in enumerate(sorted(state.items()))})
+        losses, seconds = [float(v) for v in run.history.get("loss", [])], float(run.info["seconds"])
+    else:
+        history, info = produce_in_memory(produce)
+        losses, seconds = history["loss"], info["seconds"]
+    trained = sae.cpu().eval()
     trained.requires_grad_(False)
     return TrainedSAE(PEER_ARCHITECTURES[spec.architecture], float(spec.sparsity), 0.0, spec.seed, trained, w0,
-                      list(trained.loss_log), seconds, cfg.samples / seconds)
+                      losses, seconds, cfg.samples / seconds)
 
 
 def _with_generator(model, source: nn.Module):
@@ -460,6 +514,6 @@ def l1_throughput(data: BenchData, our_l1: float, their_l1: float, steps: int = 
     short = dataclasses.replace(data, cfg=dataclasses.replace(data.cfg, samples=steps * data.cfg.batch_size))
     ours, theirs = [], []
     for _ in range(reps):
-        ours.append(train_ours(short, [OurSpec("relu", our_l1, 0.0, 0)], progress=False)[0].samples_per_second)
-        theirs.append(train_peer(PeerSpec("standard", their_l1, 0), short).samples_per_second)
+        ours.append(train_ours(short, [OurSpec("relu", our_l1, 0.0, 0)], progress=False, store=False)[0].samples_per_second)
+        theirs.append(train_peer(PeerSpec("standard", their_l1, 0), short, store=False).samples_per_second)
     return {"ours": statistics.median(ours), "saelens": statistics.median(theirs), "steps": steps, "reps": reps}

@@ -94,10 +94,23 @@ import torch
 from IPython.display import Markdown, display
 from tqdm import tqdm
 
-from lib import constructions, frontier, metrics, objective, optimum, plotting, report, stats, sweep, toy
+from lib import (
+    constructions,
+    frontier,
+    metrics,
+    objective,
+    optimum,
+    plotting,
+    report,
+    stats,
+    store,
+    sweep,
+    toy,
+)
 from lib.ortho import OrthoConfig
 from lib.reproducibility import setup
 
+PARAMS = store.params(globals())  # the key of this notebook's stored SAEs (lib.store)
 setup(seed, threads)
 pd.set_option("display.width", 200)
 pd.set_option("display.max_columns", 30)
@@ -228,6 +241,7 @@ torch.manual_seed(seed + 1)  # each stack's data stream starts here, so stacks a
 q1_sae, q1_res = sweep.fit_stack(
     q1_rows, [q1_data[e] for e in q1_rows.exp], d=2, n_latents=4, steps=steps, batch_size=batch_size,
     ortho=ORTHO, seed=seed, device=device, paired=True, snapshot_steps=curve_steps, progress=True,
+    store="01/q1", key=PARAMS,
 )
 q1 = q1_final(q1_sae, q1_rows)
 q1["condition"] = q1.ortho_weight.map(COND)
@@ -245,6 +259,7 @@ torch.manual_seed(seed + 1)
 long_sae, long_res = sweep.fit_stack(
     q1_long_rows, [q1_data[e] for e in q1_long_rows.exp], d=2, n_latents=4, steps=long_steps[-1],
     batch_size=batch_size, ortho=ORTHO, seed=seed, device=device, paired=True, snapshot_steps=long_steps,
+    store="01/q1_long", key=PARAMS,
 )
 q1_long = pd.concat([
     pd.concat([q1_long_rows, q1_scores(sweep.at_step(long_sae, long_res.snapshots[s]), q1_long_rows)],
@@ -260,6 +275,7 @@ gt_sae = sweep.train_stack(
     q1_gt_rows, [q1_data[e] for e in q1_gt_rows.exp], d=2, n_latents=4, steps=steps, batch_size=batch_size,
     ortho=ORTHO, seed=seed, device=device, paired=True,
     init=lambda s: constructions.ground_truth_start(s, [embeddings[e] for e in q1_gt_rows.exp]),
+    store="01/q1_gt", key=PARAMS,
 )
 q1_gt = q1_final(gt_sae, q1_gt_rows)
 q1_gt["condition"] = q1_gt.ortho_weight.map(COND)
@@ -495,7 +511,8 @@ for n_sets, set_size, d in tqdm(settings, desc="Q2 settings"):
     per_model = [datasets[e, a] for e, a in zip(rows.embedding, rows.amplitude)]
     torch.manual_seed(seed + 2)  # the same 2-D data stream at every d (paired across d by seed)
     sae = sweep.train_stack(rows, per_model, d=d, n_latents=F, steps=q2_steps, batch_size=batch_size, lr=q2_lr,
-                            l1=q2_l1, ortho=ORTHO, seed=seed + d, device=device, paired=True)
+                            l1=q2_l1, ortho=ORTHO, seed=seed + d, device=device, paired=True,
+                            store=f"01/q2_{n_sets}x{set_size}_d{d}", key=PARAMS)
     x, coeffs = sweep.eval_batches(per_model, n_eval, EVAL_SEED)
     trues = [datasets[e, a].directions for e, a in zip(rows.embedding, rows.amplitude)]
     comp = [toy.composed_directions(t, set_size) for t in trues] if F == 4 else None
@@ -646,10 +663,12 @@ q3_snaps = sorted({q3_steps // 4, q3_steps // 2, q3_steps})
 q3_kw = {"d": F3, "n_latents": F3, "steps": q3_steps, "batch_size": batch_size, "ortho": ORTHO, "seed": seed,
          "device": device, "paired": True}
 torch.manual_seed(seed + 3)
-q3_sae, q3_res = sweep.fit_stack(q3_rows, [q3_data] * len(q3_rows), snapshot_steps=q3_snaps, progress=True, **q3_kw)
+q3_sae, q3_res = sweep.fit_stack(q3_rows, [q3_data] * len(q3_rows), snapshot_steps=q3_snaps, progress=True,
+                                 store="01/q3", key=PARAMS, **q3_kw)
 torch.manual_seed(seed + 3)  # the same data stream: paired with the random starts by seed
 q3_gt_sae = sweep.train_stack(q3_gt_rows, [q3_data] * len(q3_gt_rows),
-                              init=lambda s: constructions.ground_truth_start(s, q3_data.directions), **q3_kw)
+                              init=lambda s: constructions.ground_truth_start(s, q3_data.directions),
+                              store="01/q3_gt", key=PARAMS, **q3_kw)
 x3, c3 = (t[0] for t in sweep.eval_batches([q3_data], q3_eval, EVAL_SEED))
 x3s = x3[:n_eval]
 
@@ -783,12 +802,14 @@ for n_lat in tqdm(q4_sizes, desc="Q4 dictionary sizes"):
     kw = {"d": q4_features, "n_latents": n_lat, "steps": steps, "batch_size": batch_size, "ortho": ORTHO,
           "seed": seed + n_lat, "device": device, "paired": True}
     torch.manual_seed(seed + 4)
-    stacks = [(sweep.train_stack(rows, [q4_sets[r] for r in rows.rho], **kw), rows)]
+    stacks = [(sweep.train_stack(rows, [q4_sets[r] for r in rows.rho], store=f"01/q4_n{n_lat}", key=PARAMS, **kw),
+               rows)]
     if n_lat >= q4_features:  # a start at the ground truth needs a latent per feature
         gt_rows = sweep.grid(n_seeds, rho=q4_rhos).assign(ortho_weight=0.0, l1=q4_l1, start="ground truth")
         torch.manual_seed(seed + 4)  # the same data stream: paired with the random starts by seed
         stacks.append((sweep.train_stack(gt_rows, [q4_sets[r] for r in gt_rows.rho],
-                                         init=lambda s: constructions.ground_truth_start(s, q4_dirs), **kw), gt_rows))
+                                         init=lambda s: constructions.ground_truth_start(s, q4_dirs),
+                                         store=f"01/q4_gt_n{n_lat}", key=PARAMS, **kw), gt_rows))
     for st, r in stacks:
         x, c = sweep.eval_batches([q4_sets[v] for v in q4_rhos], n_eval * 2, EVAL_SEED)
         parts = []
@@ -882,7 +903,7 @@ for n_lat in tqdm(q6_sizes, desc="Q6 dictionary sizes"):
                       sweep.grid(n_seeds, l1=[l1_mid], ortho_weight=[W_ORTHO])], ignore_index=True)
     torch.manual_seed(seed + 6)  # the same data stream for every size: sizes are paired by seed
     sae = sweep.train_stack(rows, [sphere] * len(rows), d=q6_d, n_latents=n_lat, steps=q6_steps, batch_size=q6_batch,
-                            ortho=ORTHO, seed=seed + n_lat, device=device, paired=True)
+                            ortho=ORTHO, seed=seed + n_lat, device=device, paired=True, store=f"01/q6_n{n_lat}", key=PARAMS)
     X6 = sweep.eval_inputs([sphere], n_eval, EVAL_SEED)[0]
     ev = sweep.evaluate_stack(sae, X6, rows.l1.to_numpy())
     q6_parts.append(pd.concat([rows.assign(n_latents=n_lat), ev], axis=1))

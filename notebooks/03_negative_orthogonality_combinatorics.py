@@ -85,6 +85,7 @@ from lib import (
     report,
     runs,
     stats,
+    store,
     summed,
     sweep,
     toy,
@@ -92,6 +93,7 @@ from lib import (
 from lib.ortho import OrthoConfig
 from lib.reproducibility import setup
 
+PARAMS = store.params(globals())  # the key of this notebook's stored SAEs (lib.store)
 setup(seed, threads)
 pd.set_option("display.width", 160)
 LINEAR = OrthoConfig(shape="linear")  # bounded: a negative weight rewards alignment up to |cos| = 1
@@ -116,6 +118,7 @@ rows = sweep.grid(toy_seeds, ortho_weight=toy_neg_weights)
 toy_sae = sweep.train_stack(
     rows, [toy_data] * len(rows), d=toy_features, n_latents=toy_features, steps=toy_steps,
     batch_size=toy_batch, l1=toy_l1, ortho=LINEAR, seed=seed, device=device, progress=True,
+    store="03/q9_toy", key=PARAMS,
 )
 X = sweep.eval_inputs([toy_data] * len(rows), 4096, EVAL_SEED)
 q9_toy = pd.concat([
@@ -228,6 +231,7 @@ for p_part, cfg in Q10_CONFIGS.items():
     q10_sae = sweep.train_stack(
         q10_rows, [sdata] * len(q10_rows), d=sdata.d, n_latents=sdata.n_features, steps=q10_steps,
         batch_size=toy_batch, l1=toy_l1, ortho=OrthoConfig(), seed=seed, device=device, progress=True,
+        store=f"03/q10_{'none' if p_part is None else p_part}", key=PARAMS,
     )
     for i, (w, s) in enumerate(zip(q10_rows.ortho_weight, q10_rows.seed)):
         W = q10_sae.W_dec[i].detach()

@@ -99,6 +99,7 @@ from lib import (
     report,
     runs,
     stats,
+    store,
     sweep,
     toy,
 )
@@ -106,6 +107,7 @@ from lib.ortho import OrthoConfig
 from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
 
+PARAMS = store.params(globals())  # the key of this notebook's stored SAEs (lib.store)
 setup(seed, threads)
 pd.set_option("display.width", 200)
 pd.set_option("display.max_colwidth", 40)
@@ -168,11 +170,13 @@ variants = ablations.with_tuning(base_variants, tune_factors, tune=TUNED)
 toy_kw = {"true": toy_data.directions, "rare": rare, "coeffs": c_toy, "steps": toy_steps, "batch_size": toy_batch,
           "l1": toy_l1, "seed": seed, "device": device, "reference_penalty": (toy_weight, OrthoConfig())}
 toy_df, toy_stacks = ablations.run_variants(variants, [toy_data] * toy_seeds, toy_features, toy_features, toy_seeds,
-                                            x_toy, desc="toy variants", **toy_kw)
+                                            x_toy, desc="toy variants", store="04/toy",
+                                            key=PARAMS, **toy_kw)
 gt_df, _ = ablations.run_variants(
     [ablations.Variant("vanilla, from ground truth", "start"),
      ablations.Variant("proposal, from ground truth", "start", toy_weight, OrthoConfig())],
     [toy_data] * toy_seeds, toy_features, toy_features, toy_seeds, x_toy, desc="from the ground truth",
+    store="04/gt", key=PARAMS,
     init=lambda s: constructions.ground_truth_start(s, toy_data.directions), **toy_kw,
 )
 plain = pd.concat([toy_df[toy_df.weight_factor == 1.0], gt_df], ignore_index=True)  # every variant at its base λ
@@ -346,7 +350,7 @@ enc_variants = [
 enc_df, _ = ablations.run_variants(
     enc_variants, [enc_data] * toy_seeds, 32, 32, toy_seeds, x_enc, true=enc_data.directions, steps=construction_steps,
     batch_size=toy_batch, l1=toy_l1, seed=seed, device=device, init=composed_start, extra=enc_dec_cos,
-    desc="encoder vs decoder",
+    desc="encoder vs decoder", store="04/enc", key=PARAMS,
 )
 
 # %%
@@ -387,7 +391,7 @@ x_dup = sweep.eval_inputs([dup_data], 4096, EVAL_SEED)[0]
 dup_df, _ = ablations.run_variants(
     dup_variants, [dup_data] * toy_seeds, dup_f, 2 * dup_f, toy_seeds, x_dup, true=dup_data.directions,
     steps=construction_steps, batch_size=toy_batch, l1=toy_l1, seed=seed, device=device, init=duplicated,
-    desc="duplicated rows",
+    desc="duplicated rows", store="04/dup", key=PARAMS,
 )
 DUP_COLS = ["near_duplicates", "mcc", "alone", "fvu"]
 cmp_dup = ablations.comparison(dup_df, DUP_COLS, HIGHER)
@@ -441,6 +445,7 @@ blk_variants = [
 blk_df, _ = ablations.run_variants(
     blk_variants, [blk_data] * toy_seeds, 32, 40, toy_seeds, x_blk, steps=construction_steps, batch_size=toy_batch,
     l1=toy_l1, seed=seed, device=device, init=with_blockers, extra=blocked_scores, desc="blocking",
+    store="04/blk", key=PARAMS,
 )
 
 # %%

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import numerics, paths
+from lib import numerics, paths, reproducibility, store
 from lib.reproducibility import NumericsWarning, check_numerics, setup
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,9 +72,15 @@ def test_pinned_results_are_identical_on_emulated_cpus_and_unpinned_ones_are_not
     differ = [part for part in first if unpinned["this CPU"][part] != unpinned["AVX2-only CPU"][part]]
     assert differ, f"unpinned digests do not depend on the emulated CPU: {unpinned}"
     assert unpinned["AVX2-only CPU"] != unpinned["AVX2-only CPU, 1 core"]
-    # and the pinned numbers are the committed ones (what the notebooks were rendered with)
-    committed = json.loads((paths.COMMITTED_RESULTS / numerics.FINGERPRINT_FILE).read_text())
-    assert first == committed["digests"], f"pinned digests {first} differ from the committed {committed['digests']}"
+    # and the pinned numbers are the committed ones of this CPU vendor (MKL differs between vendors)
+    committed = json.loads((paths.COMMITTED_RESULTS / numerics.FINGERPRINT_FILE).read_text())["digests_by_vendor"]
+    vendor = store.cpu_info().get("vendor")
+    if vendor in committed:
+        assert first == committed[vendor], f"pinned digests {first} differ from the committed {vendor} ones {committed[vendor]}"
+    else:
+        warnings.warn(f"no committed fingerprint for CPU vendor {vendor!r} (committed: {sorted(committed)}): the "
+                      "pinned digests were checked against each other on the emulated CPUs only", stacklevel=1)
+        print(f"checked without a committed fingerprint for {vendor!r}: {first}")
 
 
 def test_pinned_env_is_read_from_the_one_file():
@@ -100,8 +106,13 @@ def test_setup_warns_or_refuses_when_not_pinned(monkeypatch):
     monkeypatch.setattr(numerics, "problems",
                         lambda threads=None: ["ATEN_CPU_CAPABILITY=None in the environment, pinned 'avx2'"])
     monkeypatch.delenv(numerics.STRICT_VAR, raising=False)
-    with pytest.warns(NumericsWarning, match="ATEN_CPU_CAPABILITY"):
+    monkeypatch.setattr(reproducibility, "_warned", False)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
         setup(0, threads=1)
+        setup(0, threads=1)  # once per process, one line
+    ours = [w for w in record if issubclass(w.category, NumericsWarning)]
+    assert len(ours) == 1 and "ATEN_CPU_CAPABILITY" in str(ours[0].message) and "\n" not in str(ours[0].message)
     monkeypatch.setenv(numerics.STRICT_VAR, "1")
     with pytest.raises(RuntimeError, match="not pinned"):
         setup(0, threads=1)
