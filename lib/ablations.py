@@ -387,7 +387,8 @@ def run_lm_variants(
             n_latents=v.n_latents or base.n_latents,
         )
         for s in range(n_seeds):
-            sae, hist = train_lm_sae(data, layer, spec, seed + s, sample, device=device)
+            sae, hist = train_lm_sae(data, layer, spec, seed + s, sample, device=device,
+                                     keep_snapshots=v.name in shared)
             if s == 0:
                 first[v.name] = sae
             gates = convergence.training_gates(hist, sae.W_dec.detach(), spec.initial_decoder(data.train[layer].d, seed + s))

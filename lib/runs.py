@@ -261,15 +261,18 @@ def train_lm_sae(
     root: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
+    keep_snapshots: bool = True,
 ) -> tuple[SAE, dict[str, np.ndarray]]:
     """Train (or load) ``spec`` on the cached training activations of ``layer``.
 
     Inputs are scaled to mean squared norm d (:func:`lib.activations.norm_scale`); the returned
     SAE works on raw activations. The run is shared by every notebook that asks for the same
-    spec, data and seed (default folder ``cache/saes``).
+    spec, data and seed: in the study's store (:mod:`lib.store`, ``results/saes/lm``), or under ``root``.
 
     Args:
         sample: a sampler of that layer's store, to avoid reloading the data for every run.
+        keep_snapshots: keep the spec's intermediate snapshots in the store when the run is trained
+            (they cost 3x the SAE's size; False where no notebook reads them).
     """
     acts, sae_cfg, cfg, root, name = _lm_run(data, layer, spec, seed, root)
     meta = {
@@ -299,7 +302,7 @@ def train_lm_sae(
         final = cfg.steps if cfg.steps in snaps else None
         flat = {f"{step}/{k}": v.half().contiguous() for step, sd in snaps.items() if step != final
                 for k, v in sd.items()}
-        if flat:
+        if flat and keep_snapshots:
             safetensors.torch.save_file(flat, str(folder / SNAPSHOTS))
         info = {"scale": scale, "final_snapshot_step": final, "tokens": cfg.steps * cfg.batch_size,
                 "layer": layer, "stored_dtype": "float16", "seed": seed, "data_key": data_key,

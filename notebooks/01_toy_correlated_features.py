@@ -113,6 +113,7 @@ from lib.reproducibility import setup
 PARAMS = store.params(globals())  # the key of this notebook's stored SAEs (lib.store)
 setup(seed, threads)
 pd.set_option("display.width", 200)
+pd.set_option("display.precision", 3)  # checked tables print at a resolution above other CPUs' rounding
 pd.set_option("display.max_columns", 30)
 ORTHO = OrthoConfig(shape="neglog")  # the study's proposal: nearest neighbour, ties -> mean, active only
 W_ORTHO = ortho_weight
@@ -149,7 +150,7 @@ def paired(df: pd.DataFrame, condition: str, reference, metrics_: list[str], by:
            higher: dict | bool = True, pair_on=("seed",)) -> pd.DataFrame:
     """Paired differences (condition - reference) with intervals and verdicts (lib.stats.compare)."""
     out = stats.compare(df, condition, reference, metrics_, higher, pair_on=pair_on, by=list(by))
-    out["text"] = [stats.fmt_row(r, 3) for _, r in out.iterrows()]
+    out["text"] = [stats.fmt_row(r, 2) for _, r in out.iterrows()]
     return out[out[condition] != reference].reset_index(drop=True)
 
 
