@@ -76,6 +76,7 @@ from lib.reproducibility import setup
 
 setup(seed, threads)
 pd.set_option("display.width", 180)
+pd.set_option("display.precision", 3)  # checked tables print at a resolution above other CPUs' rounding
 # Bad parameters fail here, before any model loading or harvesting.
 if n_seeds < 3:
     raise ValueError(f"n_seeds must be >= 3 (Q8 compares seeds; every kind needs 3), got {n_seeds}")
@@ -165,8 +166,8 @@ print(f"recipe study made with this notebook's model and token budget: {same_set
 #
 # Inputs are scaled so that their mean squared norm is d (as SAELens and dictionary_learning do);
 # the scale is folded into the saved weights. Every SAE draws `sae_tokens` activations (with
-# replacement) from the cache. A finished run is loaded from `cache/saes/` instead of retrained
-# (the folder name carries a hash of its configuration). The orthogonality SAE is the study's
+# replacement) from the cache. A finished run is loaded from the study's store `results/saes/lm/`
+# instead of retrained (the folder name carries a hash of its configuration; `lib.store`). The orthogonality SAE is the study's
 # proposal (nearest-neighbour |cos| of decoder rows, ties → mean, penalty on active latents with
 # gradient into their neighbours, −log(1−|cos|)), computed exactly over all latents every step.
 
@@ -177,7 +178,8 @@ for lay, kinds, seeds in ((layer, SPECS, n_seeds), (other_layer, ("vanilla",), 1
     for kind in kinds:
         for s in range(seeds):
             saes[(kind, lay, s)], histories[(kind, lay, s)] = runs.train_lm_sae(
-                data, lay, SPECS[kind], seed + s, sample, device=device)
+                data, lay, SPECS[kind], seed + s, sample, device=device,
+                keep_snapshots=lay == layer)  # the cross-seed curve below reads the snapshots of `layer`
 del sample
 
 # %% [markdown]
@@ -357,7 +359,8 @@ print(q7[q7.layer == other_layer][["kind", "l0", "fve", "fvu_dim", "dead", "ce_i
 import sae_lens  # a slow import, only needed here
 
 folder = runs.lm_run_folder(data, layer, SPECS["vanilla"], seed) / "sae"
-theirs = sae_lens.SAE.load_from_disk(str(folder))
+# stored in float16 (lib.store); computed in float32 as ours
+theirs = sae_lens.SAE.load_from_disk(str(folder), dtype="float32")
 x = x_eval[layer][:256].float()
 ours = saes[("vanilla", layer, 0)]
 with torch.no_grad():

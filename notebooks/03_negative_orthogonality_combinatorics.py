@@ -96,6 +96,7 @@ from lib.reproducibility import setup
 PARAMS = store.params(globals())  # the key of this notebook's stored SAEs (lib.store)
 setup(seed, threads)
 pd.set_option("display.width", 160)
+pd.set_option("display.precision", 3)  # checked tables print at a resolution above other CPUs' rounding
 LINEAR = OrthoConfig(shape="linear")  # bounded: a negative weight rewards alignment up to |cos| = 1
 EVAL_SEED = seed + 10_000
 # Bad parameters fail here, before any training.
@@ -173,7 +174,7 @@ for w in lm_neg_weights:
         f"negortho{w:g}", n_latents=n_latents, tokens=sae_tokens, batch_size=batch_size, lr=lr, l1_coeff=l1_coeff,
         ortho_weight=w, ortho=LINEAR)
     for s in range(n_seeds):
-        sae, hist = runs.train_lm_sae(data, layer, spec, seed + s, sample, device=device)
+        sae, hist = runs.train_lm_sae(data, layer, spec, seed + s, sample, device=device, keep_snapshots=False)
         W = sae.W_dec.detach()
         q9_gates[f"λ={w:g} s{s}"] = convergence.training_gates(hist, W, spec.initial_decoder(D, seed + s))
         frac, _ = decompose.combination_fraction(W, reference.W_dec.detach())

@@ -496,7 +496,7 @@ display(Markdown(FINDINGS["constructions"]))
 # ## Q11 · The same choices on language-model activations
 #
 # Notebook 02's converged SAEs (n_latents latents, sae_tokens activations each, the LM recipe) are
-# the vanilla, proposal and TopK rows here (the same runs, reused from `cache/saes/`); each variant
+# the vanilla, proposal and TopK rows here (the same runs, reused from the store `results/saes/lm/`); each variant
 # in lm_extra_variants is trained with the same recipe and seeds. λ_orth is on the LM scale (inputs
 # normalised to mean squared norm d). CE loss recovered is measured for the first seed of each
 # variant on ce_tokens held-out tokens. Every SAE's convergence gates are printed with it.

@@ -48,3 +48,19 @@ def tiny(tmp_path_factory):
 def tokens(tiny) -> torch.Tensor:
     """[3, 12] random token ids of the tiny model's vocabulary."""
     return torch.randint(0, len(tiny.tokenizer), (3, 12), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(autouse=True)
+def _private_store(request, tmp_path_factory, monkeypatch):
+    """Tests train into a private store, never into the committed one (results/saes), and see the
+    store modes unset; tests marked ``real_store`` read the committed store."""
+    from lib import store
+
+    monkeypatch.delenv(store.PERTURB_VAR, raising=False)
+    if request.node.get_closest_marker("real_store"):
+        return
+    monkeypatch.delenv(store.MODE_VAR, raising=False)
+    root = tmp_path_factory.mktemp("store")
+    monkeypatch.setattr(store, "STORE", root / "saes")
+    monkeypatch.setattr(store, "WORK", root / "work")
+    monkeypatch.setattr(store, "REPORT", root / "report.jsonl")

@@ -17,8 +17,7 @@ def data(tmp_path_factory):
     return lm_data.prepare(cfg, root=tmp_path_factory.mktemp("cache"), progress=False)
 
 
-def test_shared_runs_are_reused_and_gates_reported(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "CACHE", tmp_path)
+def test_shared_runs_are_reused_and_gates_reported(data):
     common = {"n_latents": 24, "tokens": 256 * 30, "batch_size": 256, "lr": 3e-3}
     van = runs.LMSAESpec("vanilla", l1_coeff=0.5, **common)
     trained, _ = runs.train_lm_sae(data, 1, van, seed=0, progress=False)

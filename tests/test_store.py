@@ -141,6 +141,7 @@ def test_params_keeps_plain_values_only():
     assert store.params(ns) == {"seed": 0, "lr": [1e-3]}
 
 
+@pytest.mark.real_store
 def test_committed_store_verifies():
     runs = store.verify_all()
     assert store.size_bytes() < 150 * 2**20, f"the committed store is {store.size_bytes() / 2**20:.0f} MiB"

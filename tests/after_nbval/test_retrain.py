@@ -26,6 +26,7 @@ from lib import lm_eval, metrics, runs, store, sweep
 from lib.activations import META_FILE, ActivationStore, norm_scale
 from lib.sae import SAE
 
+pytestmark = pytest.mark.real_store
 K_SIGMA = 4.0  # tolerance in seed-to-seed standard deviations
 
 
