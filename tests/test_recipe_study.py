@@ -15,8 +15,8 @@ def data(tmp_path_factory):
     return lm_data.prepare(cfg, root=tmp_path_factory.mktemp("cache"), progress=False)
 
 
-def test_run_study_measures_every_snapshot_and_the_cross_seed_agreement(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "CACHE", tmp_path)  # the runs' default root
+def test_run_study_measures_every_snapshot_and_the_cross_seed_agreement(data):
+    # the runs go to the private store of the tests (conftest), as notebook 02's go to results/saes
     base = {"n_latents": 24, "tokens": 256 * 24, "lr": 3e-3, "l1_coeff": 0.5, "k": 4, "snapshots": 3}
     names = ["plain, batch 256", recipe_study.DEFAULT, "TopK, LM recipe with AuxK (default)"]
     df = recipe_study.run_study(data, 1, base, names, seeds=(0, 1), eval_rows=200, progress=False)
@@ -32,7 +32,7 @@ def test_run_study_measures_every_snapshot_and_the_cross_seed_agreement(data, tm
     # the default recipe's runs are notebook 02's runs (same name and spec)
     spec = runs.LMSAESpec("vanilla", n_latents=24, tokens=256 * 24, batch_size=256, lr=3e-3, l1_coeff=0.5,
                           snapshots=3)
-    assert runs.lm_run_folder(data, 1, spec, 0, root=tmp_path / "saes").exists()
+    assert runs.lm_run_folder(data, 1, spec, 0).exists()
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe_study.run_study(data, 1, base, ["no such recipe"], progress=False)
     with pytest.raises(ValueError, match="2 seeds"):
