@@ -18,8 +18,12 @@ PERTURB ?= 1e-6
 # nbval's limit per notebook cell (s): the longest default cell takes ~10 min on 2 idle cores;
 # the margin covers a loaded machine.
 NBVAL_CELL_TIMEOUT ?= 3600
-# what nbval checks (e.g. one notebook: make nbval NBVAL_PATHS=notebooks/01_toy_correlated_features.ipynb)
-NBVAL_PATHS ?= notebooks/
+# What nbval checks (e.g. one notebook: make nbval NBVAL_PATHS=notebooks/01_toy_correlated_features.ipynb).
+# Notebooks 04 and 05 are not yet rendered from the store (their runs are not all stored; their
+# committed renders come from another CPU vendor), so they are left out until `make study` has
+# trained their runs and rendered them; then add them here.
+NBVAL_PATHS ?= notebooks/01_toy_correlated_features.ipynb notebooks/02_pythia70m_training.ipynb \
+	notebooks/03_negative_orthogonality_combinatorics.ipynb
 
 # Pinned numerics (lib/numerics.env, the one definition): every command below runs with the same
 # CPU kernels and thread counts, so any x86-64 CPU with AVX2 reproduces the committed numbers to the

@@ -150,7 +150,8 @@ def paired(df: pd.DataFrame, condition: str, reference, metrics_: list[str], by:
            higher: dict | bool = True, pair_on=("seed",)) -> pd.DataFrame:
     """Paired differences (condition - reference) with intervals and verdicts (lib.stats.compare)."""
     out = stats.compare(df, condition, reference, metrics_, higher, pair_on=pair_on, by=list(by))
-    out["text"] = [stats.fmt_row(r, 2) for _, r in out.iterrows()]
+    # L0 is a mean count: one code crossing zero moves it by 1/n_eval, so it prints at 1 decimal
+    out["text"] = [stats.fmt_row(r, 1 if r.metric == "l0" else 2) for _, r in out.iterrows()]
     return out[out[condition] != reference].reset_index(drop=True)
 
 
@@ -729,7 +730,7 @@ q3_cols = ["alone", "in_combination", "missed", "n_compositions", "n_composition
            "geometric_as_merger", "mcc", "mcc_signed", "fvu", "l0", "obj_vanilla", "detector_agree"]
 q3_sum = stats.mean_ci(head, ["who"], q3_cols)
 print(f"\nAt λ = {L1_3} (mean over seeds [95% interval]):")
-print(q3_sum.assign(ci=[stats.fmt_row(r, 3, "mean") for _, r in q3_sum.iterrows()])
+print(q3_sum.assign(ci=[stats.fmt_row(r, 2, "mean") for _, r in q3_sum.iterrows()])
       .pivot_table(index="metric", columns="who", values="ci", aggfunc="first").reindex(q3_cols).to_string())
 q3_pair = paired(head, "who", "vanilla", q3_cols, higher={c: c not in (
     "in_combination", "missed", "n_compositions", "n_compositions_act", "n_mergers_act", "geometric_as_merger", "fvu",
@@ -983,7 +984,7 @@ for (n, m), x in o6.items():
     if m == "l0":
         summary.append({"question": "Q6", "setting": f"{n} latents", "metric": m, **x[["diff", "low", "high", "verdict"]]})
 q5 = pd.DataFrame(summary)
-q5["text"] = [stats.fmt(x["diff"], x.low, x.high, 3, signed=True) for _, x in q5.iterrows()]
+q5["text"] = [stats.fmt(x["diff"], x.low, x.high, 2, signed=True) for _, x in q5.iterrows()]
 print(q5[["question", "setting", "metric", "text", "verdict"]].to_string(index=False))
 fig = plotting.intervals([f"{x.question} {x.setting}: {x.metric}" for _, x in q5.iterrows()], q5["diff"], q5.low,
                          q5.high, xlabel="ortho − vanilla (paired by seed, 95% interval)", groups=list(q5.question),
