@@ -984,7 +984,7 @@ for (n, m), x in o6.items():
     if m == "l0":
         summary.append({"question": "Q6", "setting": f"{n} latents", "metric": m, **x[["diff", "low", "high", "verdict"]]})
 q5 = pd.DataFrame(summary)
-q5["text"] = [stats.fmt(x["diff"], x.low, x.high, 2, signed=True) for _, x in q5.iterrows()]
+q5["text"] = [stats.fmt(x["diff"], x.low, x.high, 1 if x.metric == "l0" else 2, signed=True) for _, x in q5.iterrows()]
 print(q5[["question", "setting", "metric", "text", "verdict"]].to_string(index=False))
 fig = plotting.intervals([f"{x.question} {x.setting}: {x.metric}" for _, x in q5.iterrows()], q5["diff"], q5.low,
                          q5.high, xlabel="ortho − vanilla (paired by seed, 95% interval)", groups=list(q5.question),
