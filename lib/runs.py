@@ -327,7 +327,8 @@ def replay_lm_run(folder: str | Path, cache_root: str | Path | None = None) -> S
     from lib.activations import META_FILE, ActivationStore
 
     folder = Path(folder)
-    info = store.verify(folder)["info"]
+    manifest = store.verify(folder)
+    info = manifest["info"]
     path = Path(cache_root or store.CACHE / "activations") / info["data_key"]
     if not (path / META_FILE).exists():
         raise ValueError(f"{folder} needs the activation cache {path}; run notebook 02 (or `make nbval`) to harvest it")
@@ -339,7 +340,7 @@ def replay_lm_run(folder: str | Path, cache_root: str | Path | None = None) -> S
     spec = LMSAESpec(**{**raw, "ortho": ortho, "recipe": None})
     sae_cfg, cfg = spec.configs(acts.d)
     seed, scale = int(info["seed"]), norm_scale(acts)
-    want = store.verify(folder)["spec"]["run_key"]
+    want = manifest["spec"]["run_key"]
     got = run_key(info["run_name"], sae_cfg, cfg, info["data_key"], seed, scale)
     if got != want:
         raise ValueError(f"{folder}: the rebuilt spec has run key {got}, the stored run {want}; cannot replay it")
