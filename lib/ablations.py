@@ -410,9 +410,16 @@ def comparison(
     reference: str = "proposal",
     digits: int = 3,
     by: Sequence[str] = (),
+    ci_digits: int = 2,
 ) -> pd.DataFrame:
     """Per variant, for each column: the mean over seeds, the paired difference from ``reference``
     with its bootstrap 95% interval, and the verdict from that interval (:func:`lib.stats.compare`).
+
+    Args:
+        digits: significant digits of the mean.
+        ci_digits: decimals of the difference and its interval (two by default: a bootstrap
+            interval's third decimal moves with the last bits of the inputs, so printing it makes a
+            checked output depend on the CPU).
 
     Returns:
         The long table of :func:`lib.stats.compare` with a ``text`` column,
@@ -427,7 +434,7 @@ def comparison(
     out = stats.compare(df, "variant", reference, list(cols), higher_is_better, by=by)
     out["text"] = [
         f"{r['mean']:.{digits}g}" + ("" if r.variant == reference else
-                                     f" (Δ {stats.fmt(r['diff'], r['low'], r['high'], digits, signed=True)})")
+                                     f" (Δ {stats.fmt(r['diff'], r['low'], r['high'], ci_digits, signed=True)})")
         for _, r in out.iterrows()
     ]
     return out

@@ -110,6 +110,7 @@ from lib.sae import SAE, SAEConfig
 PARAMS = store.params(globals())  # the key of this notebook's stored SAEs (lib.store)
 setup(seed, threads)
 pd.set_option("display.width", 200)
+pd.set_option("display.precision", 3)  # checked tables print at a resolution above other CPUs' rounding
 pd.set_option("display.max_colwidth", 40)
 EVAL_SEED = seed + 10_000
 FINDINGS: dict[str, str] = {}  # formatted from this run's tables, written to results/findings_04.md
@@ -142,8 +143,10 @@ def forest(cmp: pd.DataFrame, metrics_: dict[str, str], title: str):
     return fig
 
 
-def fmt(r) -> str:
-    return stats.fmt(r["diff"], r["low"], r["high"], 3, signed=True)
+def fmt(r, digits: int = 3) -> str:
+    """The paired difference and its interval: 3 decimals in the findings, 2 in checked cells (above
+    the rounding noise of another CPU)."""
+    return stats.fmt(r["diff"], r["low"], r["high"], digits, signed=True)
 
 
 # %% [markdown]
@@ -309,11 +312,11 @@ enc_dec = pd.DataFrame(enc_dec)
 # NBVAL_CHECK_OUTPUT
 print("Mean nearest-neighbour |cos| of vanilla SAEs' latents (mean [95% interval] over seeds):")
 ed = stats.mean_ci(enc_dec, ["latent kind", "rows"], "nn_abs_cos")
-print(ed.assign(ci=[stats.fmt_row(r, 3, "mean") for _, r in ed.iterrows()]).pivot_table(
+print(ed.assign(ci=[stats.fmt_row(r, 2, "mean") for _, r in ed.iterrows()]).pivot_table(
     index="latent kind", columns="rows", values="ci", aggfunc="first").to_string())
 ed_diff = stats.compare(enc_dec, "rows", "decoder", "nn_abs_cos", pair_on=("seed",), by=["latent kind"])
 ed_diff = ed_diff[ed_diff.rows == "encoder"]
-print("encoder − decoder:", {r["latent kind"]: fmt(r) for _, r in ed_diff.iterrows()})
+print("encoder − decoder:", {r["latent kind"]: fmt(r, 2) for _, r in ed_diff.iterrows()})
 
 # %% [markdown]
 # Trained vanilla SAEs do not give that case by themselves. So it is built on purpose: F = 32
@@ -452,7 +455,7 @@ blk_df, _ = ablations.run_variants(
 # NBVAL_CHECK_OUTPUT
 BLK_COLS = ["blocked_learnt", "blocked_best_cos", "blocker_cos", "fvu"]
 blk = stats.mean_ci(blk_df, ["variant"], BLK_COLS)
-print(blk.assign(ci=[stats.fmt_row(r, 3, "mean") for _, r in blk.iterrows()]).pivot_table(
+print(blk.assign(ci=[stats.fmt_row(r, 2, "mean") for _, r in blk.iterrows()]).pivot_table(
     index="variant", columns="metric", values="ci", aggfunc="first", sort=False)[BLK_COLS].to_string())
 cmp_blk = pd.concat([
     ablations.comparison(blk_df[blk_df.variant.str.endswith(f"λ={w:g}")], BLK_COLS,
@@ -577,7 +580,7 @@ print(bench.pivot_table(index="n", columns="method", values="agreement", sort=Fa
 
 # %%
 # NBVAL_CHECK_OUTPUT
-cmp_lm = ablations.comparison(lm_df, ["fve", "nn_cos_mean"], {"fve": True, "nn_cos_mean": False})
+cmp_lm = ablations.comparison(lm_df, ["fve", "nn_cos_mean"], {"fve": True, "nn_cos_mean": False}, ci_digits=3)
 toy_rows = {}
 for c in (cmp_plain, cmp_weight[cmp_weight.variant != "vanilla"]):
     for _, x in c.iterrows():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pandas as pd
@@ -281,6 +282,8 @@ def test_comparison_text():
     assert out.loc["proposal", "text"] == "0.54"
     assert out.loc["up", "text"].startswith("0.64 (Δ +0.10 [")
     assert out.loc["up", "verdict"] == "better"
+    three = ablations.comparison(paired_table(), ["x"], {"x": True}, ci_digits=3).set_index("variant")
+    assert re.match(r"0\.64 \(Δ \+0\.\d{3} \[-?0\.\d{3}, -?0\.\d{3}\]\)$", three.loc["up", "text"])
 
 
 def test_weight_factors_train_paired_and_best_weight(toy):
