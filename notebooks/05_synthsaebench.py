@@ -77,6 +77,7 @@ from lib.reproducibility import setup
 
 setup(seed, threads)
 pd.set_option("display.width", 170)
+pd.set_option("display.precision", 3)  # checked tables print at a resolution above other CPUs' rounding
 pd.set_option("display.max_columns", 30)
 # Everything that can be wrong with the parameters fails here, before the model is built.
 cfg = sb.protocol(n_features, samples, hidden_dim=hidden_dim, width=width, batch_size=batch_size, lr=lr)
