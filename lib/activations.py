@@ -42,7 +42,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from lib import store
-from lib.validation import check_callable, check_float, check_int, check_output_dir, check_tensor
+from lib.validation import check_bool, check_callable, check_float, check_int, check_output_dir, check_tensor
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 META_FILE = "meta.json"
@@ -90,8 +90,7 @@ class CacheSpec:
             raise ValueError(f"model must be a non-empty str, got {self.model!r}")
         if self.revision is not None and not isinstance(self.revision, str):
             raise TypeError(f"revision must be a str or None, got {self.revision!r}")
-        if not isinstance(self.drop_first, bool):
-            raise TypeError(f"drop_first must be a bool, got {self.drop_first!r}")
+        object.__setattr__(self, "drop_first", check_bool("drop_first", self.drop_first))
         for name, low in (("layer", 0), ("context", 1 + self.drop_first), ("n_tokens", 1)):
             object.__setattr__(self, name, check_int(name, getattr(self, name), low))
         if self.dtype not in DTYPES:
@@ -157,8 +156,7 @@ class ActivationStore:
                 same rows for the same random state, bit for bit.
         """
         scale = check_float("scale", scale, 0.0, low_open=True)
-        if in_memory is not None and not isinstance(in_memory, bool):
-            raise TypeError(f"in_memory must be True, False or None, got {in_memory!r}")
+        in_memory = None if in_memory is None else check_bool("in_memory", in_memory)
         if in_memory is None:
             in_memory = torch.device(device).type != "cpu"
         if in_memory:
@@ -284,6 +282,7 @@ def harvest(
         FloatingPointError: non-finite activations (after the cast to the cache dtype).
     In every error case nothing is left behind.
     """
+    progress = check_bool("progress", progress)
     spec0 = _check_specs(specs)
     batch_size = check_int("batch_size", batch_size, 1)
     check_callable("forward", forward)

@@ -44,12 +44,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from lib.ortho import EXACT_METHODS, PENALTY_SHAPES, OrthoConfig, nn_abs_cos
+from lib.ortho import EXACT_METHODS, METHOD_OPTIONS, PENALTY_SHAPES, OrthoConfig, nn_abs_cos
 from lib.paths import RESULTS
 from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
 from lib.train import Stepper, TrainConfig
-from lib.validation import check_output_dir
+from lib.validation import check_bool, check_output_dir
 
 METHODS = ("vanilla", "naive", "active", "chunked", "cached", "certified", "ortsae", "incremental")
 # Dense methods whose |cos| block with autograd would need more than this are not attempted.
@@ -153,6 +153,12 @@ def _inputs(batch: int, d: int, g: torch.Generator) -> torch.Tensor:
     return torch.randn(batch, d, generator=g)
 
 
+def _method_options(method: str, k: int, refresh: int, ortsae_chunk: int, check_rows: int) -> dict:
+    """The OrthoConfig options that ``method`` uses (the others must keep their defaults)."""
+    options = {"cache_k": k, "refresh_every": refresh, "ortsae_chunk": ortsae_chunk, "check_rows": check_rows}
+    return {name: value for name, value in options.items() if method in METHOD_OPTIONS[name]}
+
+
 def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh: int,
             ortsae_chunk: int, stage_size: int, check_rows: int, threads: int, stale_steps: int = 0,
             certified_k: int = 64, certified_steps: int = 20, warm_steps: int = 20, certified_check: int = 64,
@@ -162,6 +168,7 @@ def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh
     With ``paired``, a vanilla SAE with the same start is stepped on the same inputs in this
     process too, alternating step by step with the timed ones: a machine whose load changes
     during the run then slows both alike."""
+    paired = check_bool("paired", paired)
     setup(0, threads)
     g = torch.Generator().manual_seed(0)
     sae = SAE(SAEConfig(d=d, n_latents=n), generator=g)
@@ -172,8 +179,8 @@ def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh
     cfg = TrainConfig(
         steps=10**6, batch_size=batch, lr=1e-4, l1_coeff=1e-3,
         ortho_weight=0.0 if method == "vanilla" else 1e-2,
-        ortho=OrthoConfig(method=ortho_method, cache_k=certified_k if method == "certified" else k,
-                          refresh_every=refresh, ortsae_chunk=ortsae_chunk, check_rows=certified_check),
+        ortho=OrthoConfig(method=ortho_method, **_method_options(ortho_method, certified_k if method == "certified" else k,
+                                                                  refresh, ortsae_chunk, certified_check)),
         stage_size=stage_size if method == "incremental" else 0,
     )
     if method == "certified":

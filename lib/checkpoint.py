@@ -12,9 +12,13 @@ sha256 *before* anything is unpickled, then unpickles with ``torch.load(weights_
 any check raises :class:`CheckpointError` naming the file and what to do. numpy arrays in the
 state (the training history) are stored as tensors and come back as the same arrays.
 
-:func:`save_checkpoint` writes to a temporary name in the same folder, flushes it to disk and
+:func:`save_checkpoint` writes to a temporary file in the same folder, flushes it to disk and
 renames it over the old checkpoint, so an interrupted or failed write (a kill, a full disk) leaves
-the previous checkpoint intact and no partial file that is later trusted.
+the previous checkpoint intact and no partial file that is later trusted. The temporary file has a
+unique name of this module's own pattern (``<name>.lib-tmp-<pid>-<random>``) and is created
+exclusively, so no file a user owns is ever overwritten or deleted; one left by a killed writer is
+removed by the next successful write. With ``finite``, a state whose tensors hold NaN or inf is
+refused before anything is written.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import hashlib
 import io
 import json
 import os
+import secrets
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,7 @@ import torch
 MAGIC = b"lib.checkpoint\n"
 FORMAT_VERSION = 2
 _ARRAY = "__numpy_array__"
+_TMP = ".lib-tmp-"  # temporary files: <name>.lib-tmp-<pid>-<random hex>
 
 
 class CheckpointError(ValueError):
@@ -63,21 +70,71 @@ def _unpack(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write ``state`` (tensors, numbers, strings, numpy arrays, containers) to ``path`` atomically.
+def _tensors(obj: Any, where: str) -> Iterator[tuple[str, torch.Tensor | np.ndarray]]:
+    """Every tensor and numpy array inside ``obj`` (dicts, lists, tuples), with its path."""
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        yield where, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{where}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{where}/{i}")
+
+
+def check_finite(path: str | Path, state: dict, keys: Sequence[str]) -> None:
+    """Refuse to write a checkpoint whose floating tensors under ``state[key]`` (for each of
+    ``keys`` present) hold NaN or inf.
 
     Raises:
+        FloatingPointError: naming the checkpoint and the first non-finite tensor.
+    """
+    for key in keys:
+        for where, t in _tensors(state.get(key), key):
+            t = torch.as_tensor(t)
+            if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+                raise FloatingPointError(
+                    f"not writing the checkpoint {path}: {where} contains non-finite values (NaN or inf); "
+                    "the previous checkpoint is kept"
+                )
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove temporary files of ``path`` left by writers that were killed (their process is gone)."""
+    for tmp in path.parent.glob(f"{path.name}{_TMP}*"):
+        try:
+            pid = int(tmp.name[len(path.name) + len(_TMP) :].split("-")[0])
+            os.kill(pid, 0)  # raises ProcessLookupError when no such process runs
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, OSError):  # not of our pattern, or a process of another user: leave it
+            continue
+
+
+def save_checkpoint(path: str | Path, state: dict, finite: Sequence[str] = ()) -> None:
+    """Write ``state`` (tensors, numbers, strings, numpy arrays, containers) to ``path`` atomically.
+
+    Args:
+        finite: keys of ``state`` (e.g. ``"model"``) whose tensors must all be finite, checked
+            before anything is written.
+
+    Raises:
+        FloatingPointError: a tensor under ``finite`` holds NaN or inf; nothing is written.
         OSError: the file could not be written (e.g. no space left); the message names it, the
             previous checkpoint (if any) is kept and no temporary file is left behind.
     """
     path = Path(path)
+    check_finite(path, state, finite)
     buf = io.BytesIO()
     torch.save(_pack(state), buf)
     payload = buf.getvalue()
     header = json.dumps({"version": FORMAT_VERSION, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)})
-    tmp = path.with_name(path.name + ".tmp")  # one fixed name: an interrupted write leaves at most one
+    # A name of our own pattern, created exclusively ("x"): never a file the user owns.
+    tmp = path.with_name(f"{path.name}{_TMP}{os.getpid()}-{secrets.token_hex(4)}")
+    created = False
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
+            created = True
             f.write(MAGIC)
             f.write(header.encode() + b"\n")
             f.write(payload)
@@ -85,13 +142,16 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        if created:
+            tmp.unlink(missing_ok=True)
         raise OSError(
             e.errno, f"could not write the checkpoint {path} ({e.strerror or e}); the previous checkpoint is kept"
         ) from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if created:
+            tmp.unlink(missing_ok=True)
         raise
+    _remove_stale_temporaries(path)
 
 
 def load_checkpoint(path: str | Path) -> dict:

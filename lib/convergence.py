@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lib.validation import check_bool
+
 NEAR_INIT_COS = 0.7  # a decoder row this close to its initial row has not moved
 NEAR_INIT_MAX = 0.05
 TAIL = 0.2  # the last 20% of training
@@ -75,6 +77,7 @@ def tail_change(steps: np.ndarray, values: np.ndarray, tail: float = TAIL, relat
 
     steps, values: [n_records] (one model).
     """
+    relative = check_bool("relative", relative)
     steps, values = np.asarray(steps, float), np.asarray(values, float)
     if steps.shape != values.shape or steps.ndim != 1:
         raise ValueError(f"steps and values must be 1-D of the same length, got {steps.shape} and {values.shape}")

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from lib.paths import CACHE
+from lib.validation import check_bool
 
 # What to try next when a source cannot be obtained.
 FALLBACK = {"python-docs": "kjv-bible", "kjv-bible": "pydoc-topics", "pydoc-topics": None}
@@ -87,6 +88,7 @@ def load_corpus(
         fallback: when the source cannot be obtained, print a notice and use the next one
             (python-docs -> kjv-bible -> pydoc-topics); otherwise raise.
     """
+    fallback = check_bool("fallback", fallback)
     if name not in FALLBACK:
         raise ValueError(f"name must be one of {CORPORA}, got {name!r}")
     if isinstance(eval_fraction, bool) or not isinstance(eval_fraction, (int, float)):

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from tqdm import TqdmWarning
 
 from lib.paths import CACHE
+from lib.validation import check_bool
 
 with warnings.catch_warnings():
     # transformers' progress bars use tqdm.auto, which warns once in notebook kernels without
@@ -148,6 +149,7 @@ def load_model(
     loaded instead, with a printed notice; it is prepared once under ``cache_dir`` (default:
     ``cache/models`` in the repository).
     """
+    fallback = check_bool("fallback", fallback)
     cache_dir = Path(cache_dir) if cache_dir is not None else CACHE / "models"
     if Path(name).is_dir():
         model, tok = _from_pretrained(name, revision)
@@ -430,6 +432,7 @@ def ce_losses(
     Returns:
         ``{"clean": ..., "zero": ..., **{name: ...}}``; "zero" replaces the residual by zeros.
     """
+    skip_first = check_bool("skip_first", skip_first)
     splices = dict(splices or {})
     for reserved in ("clean", "zero"):
         if reserved in splices:

@@ -33,7 +33,8 @@ class LMDataConfig:
     Attributes:
         model: hub id or local folder (default Pythia-70M-deduped).
         revision: hub revision, or None.
-        layers: residual stream after these blocks.
+        layers: residual stream after these blocks (distinct; their range is checked against the
+            model in :func:`prepare`, before any harvesting).
         context: tokens per context.
         train_tokens, eval_tokens: tokens of training and held-out evaluation text.
         corpus: one of :data:`lib.corpus.CORPORA`.
@@ -59,8 +60,8 @@ class LMDataConfig:
         check_str("model", self.model)
         check_str("revision", self.revision, optional=True)
         ok = isinstance(self.layers, (tuple, list)) and self.layers and all(is_int(x) and x >= 0 for x in self.layers)
-        if not ok:
-            raise ValueError(f"layers must be a non-empty tuple of ints >= 0, got {self.layers!r}")
+        if not ok or len(set(self.layers)) != len(self.layers):  # a repeated layer: one cache, harvested twice
+            raise ValueError(f"layers must be a non-empty tuple of distinct ints >= 0, got {self.layers!r}")
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         for name in ("context", "train_tokens", "eval_tokens", "batch_size"):
             object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
@@ -116,6 +117,7 @@ def prepare(cfg: LMDataConfig, root: str | Path | None = None, progress: bool = 
         ValueError: a layer out of range or a context longer than the model allows (before any
             harvesting), or a corpus too small for the requested tokens.
     """
+    progress = check_bool("progress", progress)
     root = Path(root) if root is not None else CACHE
     model = lm.load_model(cfg.model, cfg.revision, cfg.device, cfg.fallback, cache_dir=root / "models")
     lm.check_layers(model, cfg.layers)

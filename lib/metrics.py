@@ -21,7 +21,14 @@ from scipy.signal import find_peaks
 from torch import Tensor
 
 from lib.ortho import nearest_neighbour_abs_cos
-from lib.validation import ParameterTypeError, check_float, check_int, check_tensor
+from lib.validation import (
+    ParameterTypeError,
+    check_bool,
+    check_float,
+    check_instance,
+    check_int,
+    check_tensor,
+)
 
 # Per-feature recovery status (see detect_compositions).
 ALONE, IN_COMBINATION, MISSED = "alone", "in combination", "missed"
@@ -63,6 +70,7 @@ def mmcs(learned: Tensor, true: Tensor, signed: bool = False) -> float:
     ``signed``: the max signed cos instead. With non-negative codes a latent pointing at -f
     cannot represent f, so the signed score tells a feature from its antipode; |cos| cannot.
     """
+    signed = check_bool("signed", signed)
     c = cosine_matrix(true, learned, ("true", "learned"))
     return float((c if signed else c.abs()).max(dim=1).values.mean())
 
@@ -74,6 +82,7 @@ def mcc(learned: Tensor, true: Tensor, signed: bool = False) -> float:
     ``mean_correlation_coefficient``). ``signed``: match and average the signed cos instead
     (see :func:`mmcs`).
     """
+    signed = check_bool("signed", signed)
     c = cosine_matrix(learned, true, ("learned", "true")).numpy()
     c = c if signed else np.abs(c)
     r, k = linear_sum_assignment(-c)
@@ -260,19 +269,16 @@ def activation_compositions(
         codes: [S, n_latents] codes on evaluation samples (> 0 = fires).
         coeffs: [S, n_features] their ground-truth coefficients (> 0 = active).
     """
-    codes = np.asarray(torch.as_tensor(codes).detach().cpu())
-    coeffs = np.asarray(torch.as_tensor(coeffs).detach().cpu())
-    if codes.ndim != 2 or coeffs.ndim != 2 or codes.shape[0] != coeffs.shape[0] or codes.shape[0] == 0:
+    codes = np.asarray(check_tensor("codes", codes, 2, arrays=True).detach().cpu())
+    coeffs = np.asarray(check_tensor("coeffs", coeffs, 2, arrays=True).detach().cpu())
+    if codes.shape[0] != coeffs.shape[0] or codes.shape[0] == 0:
         raise ValueError(f"codes [S, n] and coeffs [S, F] need the same S > 0, got {codes.shape}, {coeffs.shape}")
-    if not isinstance(max_parts, int) or max_parts < 2:
-        raise ValueError(f"max_parts must be an int >= 2, got {max_parts!r}")
-    if not isinstance(n_candidates, int) or n_candidates < 2:
-        raise ValueError(f"n_candidates must be an int >= 2, got {n_candidates!r}")
-    if not 0 < min_rate <= 1 or not 0 <= max_ratio < 1 or not 0 < explained <= 1:
-        raise ValueError(f"need min_rate and explained in (0, 1], max_ratio in [0, 1), got {min_rate}, {explained}, "
-                         f"{max_ratio}")
-    if not isinstance(min_support, int) or min_support < 1:
-        raise ValueError(f"min_support must be a positive int, got {min_support!r}")
+    max_parts = check_int("max_parts", max_parts, 2)
+    n_candidates = check_int("n_candidates", n_candidates, 2)
+    min_rate = check_float("min_rate", min_rate, 0.0, 1.0, low_open=True)
+    max_ratio = check_float("max_ratio", max_ratio, 0.0, 1.0, high_open=True)
+    explained = check_float("explained", explained, 0.0, 1.0, low_open=True)
+    min_support = check_int("min_support", min_support, 1)
     fires = codes > 0  # [S, n]
     active = coeffs > 0  # [S, F]
     n_fire = fires.sum(0)
@@ -341,6 +347,8 @@ def detector_agreement(geometric: CompositionReport, by_activation: ActivationCo
     the geometric detector calls compositions that fire on each part alone) and ``same_parts`` (of
     the latents both call compositions, the fraction with the same parts).
     """
+    check_instance("geometric", geometric, CompositionReport)
+    check_instance("by_activation", by_activation, ActivationCompositionReport)
     g = np.array([k == COMPOSITION for k in geometric.latent_kind])
     a = np.array([k == COMPOSITION for k in by_activation.latent_kind])
     m = np.array([k == MERGER for k in by_activation.latent_kind])
@@ -367,14 +375,15 @@ def l0(codes: Tensor) -> Tensor:
 def fvu(x: Tensor, x_hat: Tensor) -> Tensor:
     """Fraction of variance unexplained. x, x_hat: [(M,) batch, d] -> [(M,)].
 
-    Residual sum of squares over the total sum of squares around the batch mean.
+    Residual sum of squares over the total sum of squares around the batch mean. Tensors or numpy
+    arrays; integer (and bool) values are converted to float64.
 
     Raises:
         ValueError: shapes that differ, non-finite values, fewer than 2 inputs, or inputs ``x``
             without variance (constant over the batch, up to rounding): FVU is undefined there.
     """
-    x = check_tensor("x", x, (2, 3), arrays=True)
-    x_hat = check_tensor("x_hat", x_hat, (2, 3), arrays=True)
+    x = check_tensor("x", x, (2, 3), arrays=True, to_float=True)
+    x_hat = check_tensor("x_hat", x_hat, (2, 3), arrays=True, to_float=True)
     if x.shape != x_hat.shape:
         raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
     if x.shape[-2] < 2:
@@ -431,8 +440,7 @@ def shared_fraction(
         dec_a: [n_a, d], dec_b: [n_b, d] decoder rows; enc_a: [n_a, d], enc_b: [n_b, d] encoder
             directions (columns of ``W_enc`` as rows), or None for decoder only.
     """
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+    threshold = check_float("threshold", threshold, 0.0, 1.0, low_open=True)
     if (enc_a is None) != (enc_b is None):
         raise ValueError("give both encoders (enc_a and enc_b) or neither")
     cd = cosine_matrix(dec_a, dec_b)

@@ -17,6 +17,7 @@ This module is pure math: it imports nothing from training, loading or plotting.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,15 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from lib.validation import check_bool, check_choice, check_float, check_instance, check_int, check_tensor
+from lib.validation import (
+    check_bool,
+    check_choice,
+    check_default,
+    check_float,
+    check_instance,
+    check_int,
+    check_tensor,
+)
 
 # Rows per block when building |cos| against all rows, so no n x n matrix is held at once.
 DEFAULT_CHUNK = 4096
@@ -70,6 +79,19 @@ METHODS = ("chunked", "active", "naive", "cached", "ortsae", "certified")
 EXACT_METHODS = ("chunked", "active", "naive")
 # Methods that keep state between steps in a cache (see OrthoConfig.make_cache).
 CACHE_METHODS = ("cached", "certified")
+# OrthoConfig fields that only these methods use (the others must leave them at their defaults).
+METHOD_OPTIONS = {
+    "cache_k": CACHE_METHODS, "refresh_every": ("cached",), "ortsae_chunk": ("ortsae",), "check_rows": ("certified",),
+}
+# Half-precision matrices are scored in float32: the steep shapes' tangent edge 1 - 1e-4 rounds to
+# 1 in float16 and bfloat16, where the penalty and its gradient would be infinite.
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def penalty_dtype(W: Tensor) -> Tensor:
+    """``W`` in the precision the penalty is computed in: float32 for float16 / bfloat16 (the
+    gradient flows back to ``W`` in its own dtype), ``W`` itself otherwise."""
+    return W.float() if W.dtype in _LOW_PRECISION else W
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,9 @@ class OrthoConfig:
         chunk: rows per block of the exact search.
         check_rows: ``"certified"`` only: scored rows per step (a random sample) whose result is
             compared with the exact search, to measure the agreement (0: no check).
+
+    An option of another method (``cache_k``, ``refresh_every``, ``ortsae_chunk``,
+    ``check_rows``) must keep its default: a ValueError says so instead of ignoring it.
     """
 
     shape: str = "neglog"
@@ -126,6 +151,12 @@ class OrthoConfig:
             object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
         object.__setattr__(self, "ortsae_chunk", check_int("ortsae_chunk", self.ortsae_chunk, 2))
         object.__setattr__(self, "check_rows", check_int("check_rows", self.check_rows, 0))
+        # An option of another method must keep its default instead of being silently ignored.
+        for name, methods in METHOD_OPTIONS.items():
+            if self.method not in methods:
+                default = next(f.default for f in dataclasses.fields(self) if f.name == name)
+                instead = " or ".join(f"method={m!r}" for m in methods)
+                check_default(name, getattr(self, name), default, f"method={self.method!r}", instead)
 
     def make_cache(self) -> NeighbourCache | CertifiedCache | None:
         """A fresh neighbour cache for the methods in ``CACHE_METHODS`` (else None)."""
@@ -899,7 +930,8 @@ def ortho_penalty(
 
     Returns:
         [M] (stacked) or scalar penalty, not yet multiplied by lambda_orth. A model with no
-        active latent in the batch gets 0.
+        active latent in the batch gets 0. float16 / bfloat16 matrices are scored in float32
+        (:func:`penalty_dtype`), so the result is float32 for them.
     """
     check_instance("cfg", cfg, OrthoConfig)
     check_tensor("W_enc", W_enc, (2, 3), finite=False)
@@ -907,7 +939,7 @@ def ortho_penalty(
     check_tensor("codes", codes, W_dec.ndim, finite=False)
     check_instance("cache", cache, (NeighbourCache, CertifiedCache), optional=True)
     limit = check_int("limit", limit, 1, W_dec.shape[-2], optional=True)
-    W = W_dec if cfg.target == "decoder" else W_enc.transpose(-1, -2)
+    W = penalty_dtype(W_dec if cfg.target == "decoder" else W_enc.transpose(-1, -2))
     if active is None:
         active = codes.detach().amax(dim=-2) > 0  # [(M,) n]
     if limit is not None:

@@ -16,6 +16,7 @@ import numpy as np
 import seaborn as sns
 
 from lib.paths import FIGURES, OUTPUT_ROOT
+from lib.validation import check_bool
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -116,6 +117,8 @@ def lines_with_spread(
     ax: plt.Axes | None = None,
 ) -> plt.Figure:
     """Mean and +-1 std over seeds. series: label -> [n_seeds, len(x)]."""
+    logx = check_bool("logx", logx)
+    logy = check_bool("logy", logy)
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
@@ -145,6 +148,8 @@ def grid_of_lines(
 ) -> plt.Figure:
     """Several :func:`lines_with_spread` panels, ``ncols`` per row (default: all in one row).
     panels: title -> series."""
+    logx = check_bool("logx", logx)
+    logy = check_bool("logy", logy)
     ncols = ncols or len(panels)
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.6 * nrows), squeeze=False, sharey=True)
@@ -212,6 +217,7 @@ def histograms(
     panels: panel title -> label -> list of 1-D arrays; every array of a label gets its colour.
     ``logy`` puts the density on a log scale (tails become visible).
     """
+    logy = check_bool("logy", logy)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False, sharey=True)
     edges = np.linspace(*value_range, bins + 1)
     for ax, (title, series) in zip(axes[0], panels.items()):
@@ -376,6 +382,8 @@ def frontiers(
     panels: title -> label -> (x [n_seeds, n_points], y [n_seeds, n_points]), e.g. L0 and FVU
     over an L1 sweep.
     """
+    logx = check_bool("logx", logx)
+    logy = check_bool("logy", logy)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels.items()):
         for color, (label, (xs, ys)) in zip(sns.color_palette(n_colors=len(series)), series.items()):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lib.validation import check_choice, check_float, check_int, check_tensor
+from lib.validation import check_choice, check_default, check_float, check_int, check_tensor
 
 B_DEC_INITS = ("zeros", "mean", "geometric_median")
 DECODER_NORMS = ("unit", "free")
@@ -94,6 +94,12 @@ class Recipe:
         check_choice("decoder_norm", self.decoder_norm, DECODER_NORMS)
         if self.init_decoder_norm is not None and self.decoder_norm != "free":
             raise ValueError("init_decoder_norm needs decoder_norm='free' (unit rows are renormalised at once)")
+        # options of a remedy that is off must keep their defaults instead of being ignored
+        if self.aux_k is None:
+            check_default("aux_coeff", self.aux_coeff, 1 / 32, "aux_k=None (no AuxK loss)", "aux_k")
+        if self.b_dec_init == "zeros":
+            check_default("b_dec_init_samples", self.b_dec_init_samples, 8192, "b_dec_init='zeros'",
+                          "b_dec_init='mean' or 'geometric_median'")
         if self.resample_every is not None and self.dead_steps > self.resample_every:
             raise ValueError(
                 f"dead_steps={self.dead_steps} must be <= resample_every={self.resample_every}: "
@@ -110,6 +116,12 @@ class Recipe:
             )
         if self.l1_warmup_steps > steps:
             raise ValueError(f"l1_warmup_steps={self.l1_warmup_steps} must not exceed steps={steps}")
+        if self.resample_every is not None and self.resample_every >= steps:
+            # resampling runs after steps resample_every, 2 * resample_every, ... before the last one
+            raise ValueError(
+                f"resample_every={self.resample_every} must be < steps={steps}: no resampling would happen "
+                "(dead latents are resampled after every resample_every steps, not after the last step)"
+            )
 
     def check_kind(self, kind: str) -> None:
         """Options that only make sense for one SAE kind (called before any training)."""
@@ -120,6 +132,11 @@ class Recipe:
             raise ValueError(f"aux_k is for TopK SAEs (ReLU uses resample_every); got kind={kind!r}")
         if self.decoder_norm == "free" and kind != "relu":
             raise ValueError(f"decoder_norm='free' (norm-weighted L1) is for ReLU SAEs; got kind={kind!r}")
+        if self.l1_warmup_steps and kind != "relu":
+            raise ValueError(
+                f"l1_warmup_steps={self.l1_warmup_steps} has no effect with kind={kind!r} (no L1 term); "
+                "leave it at its default 0"
+            )
 
     def lr_factor(self, step: int, steps: int) -> float:
         """Multiplier of the learning rate at ``step`` (0-based) of ``steps``."""
@@ -155,7 +172,7 @@ def lm_recipe(kind: str, steps: int, d: int) -> Recipe:
         grad_clip=1.0,
         b_dec_init="geometric_median",
         dead_steps=dead,
-        resample_every=max(dead, steps // 5) if kind == "relu" else None,
+        resample_every=max(dead, steps // 5) if kind == "relu" and max(dead, steps // 5) < steps else None,
         aux_k=max(1, d // 2) if kind == "topk" else None,
     )
 

@@ -30,6 +30,7 @@ from lib.convergence import near_init_fraction
 from lib.recipe import Recipe, lm_recipe
 from lib.reproducibility import setup
 from lib.sae import SAE
+from lib.validation import check_bool
 
 STUDY_CSV = "recipe_study.csv"
 STUDY_MD = "recipe_study.md"
@@ -84,6 +85,7 @@ def run_study(
         the first seed the cross-seed ``shared`` (one-to-one, encoder and decoder) and ``match``
         (many-to-one, decoder) fractions with the second seed.
     """
+    progress = check_bool("progress", progress)
     if len(seeds) < 2:
         raise ValueError(f"seeds needs at least 2 seeds (cross-seed agreement), got {list(seeds)}")
     store, ev = data.train[layer], data.eval[layer]

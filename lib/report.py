@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -27,11 +28,24 @@ PATTERN = "findings_*.md"
 
 
 def atomic_write(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary name and a rename (never a half-written file)."""
+    """Write ``text`` to ``path`` through a temporary file and a rename (never a half-written file).
+
+    The temporary file has a unique name (``.<name>.lib-tmp-<pid>-<random>``), created exclusively
+    and removed if the write fails, so no file of the user's is overwritten or deleted."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.lib-tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    with open(tmp, "x") as f:  # exclusive: fails rather than touch an existing file
+        try:
+            f.write(text)
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            raise
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from lib import numerics
+from lib.validation import check_int
 
 
 class NumericsWarning(RuntimeWarning):
@@ -56,11 +57,13 @@ def setup(seed: int = 0, threads: int = 2) -> torch.Generator:
 
     Returns:
         A fresh ``torch.Generator`` seeded with ``seed``, for code that wants its own stream.
+
+    Raises:
+        TypeError: a seed or thread count that is not an int (``True`` is not a seed).
+        ValueError: a negative seed or fewer than one thread.
     """
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}")
+    seed = check_int("seed", seed, 0)
+    threads = check_int("threads", threads, 1)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed)

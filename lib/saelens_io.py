@@ -18,6 +18,9 @@ folder first, then only ``cfg.json`` and ``sae_weights.safetensors`` are moved i
 (other files there are left alone; an SAE folder not written by :func:`save_sae_lens` is refused).
 ``cfg.json`` records the sha256 of the weights file (``metadata.weights_sha256``), so
 :func:`load_sae_lens` refuses damaged weights, or weights and config of two different saves.
+Loading reads ``cfg.json`` by type (booleans must be JSON ``true`` / ``false``, sizes JSON
+integers: a string ``"false"`` or a ``4.7`` is refused, naming the file and the field) and refuses
+weights with NaN or inf, naming the tensor.
 
 This module does not import sae_lens (a slow import); the tests load our folders with it.
 """
@@ -36,7 +39,7 @@ import safetensors.torch
 import torch
 
 from lib.sae import SAE, SAEConfig
-from lib.validation import check_float, check_instance, check_output_dir
+from lib.validation import check_float, check_instance, check_output_dir, check_str, is_int
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -66,11 +69,16 @@ def save_sae_lens(
         input_scale: ``s`` if the SAE was trained on ``s * x``; folded into the weights.
         metadata: SAELens metadata to record, e.g. ``model_name``, ``hook_name``
             (``"blocks.{layer}.hook_resid_post"``), ``context_size``, ``dataset_path``; must be
-            JSON-serialisable. ``input_scale`` is recorded as ``input_scale_folded``.
+            JSON-serialisable. ``input_scale`` is recorded as ``input_scale_folded``. SAELens
+            attaches an SAE to a model at ``hook_name`` (and skips one without it), so metadata
+            that names a ``model_name`` must name a ``hook_name`` too, a non-empty string. An SAE
+            saved without a ``model_name`` (e.g. trained on toy data) records no hook: SAELens
+            loads it, but cannot attach it to a model.
 
     Raises:
-        ValueError: a stacked SAE, a bad scale or metadata, ``folder`` is a file or holds an SAE
-            this function did not write (nothing is written then).
+        ValueError: a stacked SAE, a bad scale or metadata (a ``model_name`` without a
+            ``hook_name``, a ``hook_name`` that is not a non-empty string), ``folder`` is a file or
+            holds an SAE this function did not write (nothing is written then).
         OSError: a write failed (e.g. a full disk); no temporary folder is left behind and an
             existing save in ``folder`` is unchanged unless the failure came between the two renames
             (then ``load_sae_lens`` refuses the mixed folder by its weights hash).
@@ -83,8 +91,8 @@ def save_sae_lens(
     s = check_float("input_scale", input_scale, 0.0, low_open=True)
     if metadata is not None and not isinstance(metadata, dict):
         raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
-    folder = check_output_dir("folder", folder)
-    _check_replaceable(folder)
+    _check_hook(metadata or {})
+    folder = check_save_folder(folder)
     with torch.no_grad():
         weights = {
             "W_enc": sae.W_enc.detach() * s,
@@ -141,6 +149,33 @@ def save_sae_lens(
     return folder
 
 
+def _check_hook(metadata: dict) -> None:
+    """SAELens attaches an SAE at ``metadata["hook_name"]``: a model's SAE must name it."""
+    if "hook_name" in metadata:
+        try:
+            check_str("metadata['hook_name']", metadata["hook_name"])
+        except ValueError as e:
+            raise ValueError(f"{e} (the hook SAELens attaches the SAE to, e.g. 'blocks.3.hook_resid_post')") from None
+    elif "model_name" in metadata:
+        raise ValueError(
+            f"metadata names model_name={metadata['model_name']!r} but no hook_name: SAELens would skip the SAE "
+            "('No hook found for None'); add the hook it reads, e.g. hook_name='blocks.3.hook_resid_post'"
+        )
+
+
+def check_save_folder(folder: str | Path) -> Path:
+    """The destination of :func:`save_sae_lens`, checked before any work (e.g. before training).
+
+    Raises:
+        ValueError: ``folder`` is a file, lies under a file, or holds an SAE (or a file or folder
+            named like one of the SAELens files) that :func:`save_sae_lens` did not write.
+        PermissionError: the folder cannot be written.
+    """
+    folder = check_output_dir("folder", folder)
+    _check_replaceable(folder)
+    return folder
+
+
 def _check_replaceable(folder: Path) -> None:
     """An existing SAELens file in ``folder`` may only be replaced if :func:`save_sae_lens` wrote it."""
     cfg_file, w_file = folder / CFG_FILE, folder / WEIGHTS_FILE
@@ -165,6 +200,28 @@ def _check_replaceable(folder: Path) -> None:
         )
 
 
+_MISSING = object()
+# What a cfg.json field must hold, by kind: (test, description).
+_JSON_KINDS = {
+    "bool": (lambda v: isinstance(v, bool), "a JSON boolean (true or false)"),
+    "size": (lambda v: is_int(v) and v >= 1, "a JSON integer >= 1"),
+}
+
+
+def _cfg_field(cfg: dict, key: str, kind: str, file: Path, default=_MISSING):
+    """``cfg[key]`` (or ``default`` when absent), which must be of ``kind`` (``_JSON_KINDS``): a
+    string ``"false"`` is not a boolean and ``4.7`` is not a size. A wrong value is a damaged file,
+    so a ValueError naming the file and the field."""
+    if key not in cfg:
+        if default is _MISSING:
+            raise ValueError(f"{file}: the field {key} is missing")
+        return default
+    ok, what = _JSON_KINDS[kind]
+    if not ok(cfg[key]):
+        raise ValueError(f"{file}: {key} must be {what}, got {json.dumps(cfg[key])}")
+    return cfg[key]
+
+
 def load_sae_lens(folder: str | Path) -> tuple[SAE, dict]:
     """Load a SAELens folder of architecture "standard" or "topk" as our SAE.
 
@@ -175,7 +232,9 @@ def load_sae_lens(folder: str | Path) -> tuple[SAE, dict]:
     Raises:
         FileNotFoundError: a missing file. ValueError: a damaged ``cfg.json`` or weights file
         (unreadable, or not matching the weights hash recorded by :func:`save_sae_lens`), an
-        unknown architecture, an unsupported option, or tensors with wrong names or shapes.
+        unknown architecture, an unsupported option, a field of the wrong JSON type (a string
+        ``"false"`` for a boolean, ``4.7`` for an integer; the message names the file and the
+        field), or tensors with wrong names, shapes or dtypes, or with NaN or inf values.
     """
     if not isinstance(folder, (str, os.PathLike)):
         raise TypeError(f"folder must be a path (str or Path), got {type(folder).__name__}")
@@ -197,13 +256,11 @@ def load_sae_lens(folder: str | Path) -> tuple[SAE, dict]:
     for key, ok in (("normalize_activations", "none"), ("reshape_activations", "none")):
         if cfg.get(key, "none") != ok:
             raise ValueError(f"{folder / CFG_FILE}: {key}={cfg[key]!r} is not supported (only {ok!r})")
-    if cfg.get("rescale_acts_by_decoder_norm", False):
+    if _cfg_field(cfg, "rescale_acts_by_decoder_norm", "bool", folder / CFG_FILE, False):
         raise ValueError(f"{folder / CFG_FILE}: rescale_acts_by_decoder_norm=true is not supported")
-    try:
-        d, n = int(cfg["d_in"]), int(cfg["d_sae"])
-        k = int(cfg["k"]) if arch == "topk" else None
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{folder / CFG_FILE}: needs integer d_in, d_sae (and k for topk): {e!r}") from e
+    apply_b_dec = _cfg_field(cfg, "apply_b_dec_to_input", "bool", folder / CFG_FILE, True)
+    d, n = (_cfg_field(cfg, key, "size", folder / CFG_FILE) for key in ("d_in", "d_sae"))
+    k = _cfg_field(cfg, "k", "size", folder / CFG_FILE) if arch == "topk" else None
     try:
         sae_cfg = SAEConfig(d, n, kinds[arch], k)
     except ValueError as e:
@@ -229,8 +286,16 @@ def load_sae_lens(folder: str | Path) -> tuple[SAE, dict]:
                 f"{folder / WEIGHTS_FILE}: {name} must have shape {list(shape)} (d_in={d}, d_sae={n}), "
                 f"got {list(weights[name].shape)}"
             )
+    for name, t in sorted(weights.items()):
+        if not t.is_floating_point():
+            raise ValueError(f"{folder / WEIGHTS_FILE}: tensor {name} must have a floating dtype, got {t.dtype}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                f"{folder / WEIGHTS_FILE}: tensor {name} contains non-finite values (NaN or inf); the SAE is "
+                "unusable: save it again from a finite model"
+            )
     w = {key: t.to(torch.float32) for key, t in weights.items()}
-    if not cfg.get("apply_b_dec_to_input", True):
+    if not apply_b_dec:
         # SAELens encodes x @ W_enc + b_enc; ours subtracts b_dec first, so add it back into b_enc
         w["b_enc"] = w["b_enc"] + w["b_dec"] @ w["W_enc"]
     sae = SAE(sae_cfg, generator=torch.Generator())  # init overwritten

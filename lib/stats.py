@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from lib.validation import check_bool
+
 BETTER, WORSE, SAME = "better", "worse", "no detectable difference"
 VERDICTS = (BETTER, WORSE, SAME)
 NOT_AVAILABLE = "n/a (fewer than 2 seeds)"
@@ -70,6 +72,7 @@ def bootstrap_ci(
 def verdict(low: float, high: float, higher_is_better: bool = True) -> str:
     """"better" / "worse" when the interval ``[low, high]`` of a difference (condition minus
     reference) excludes zero, else "no detectable difference"; n/a for an undefined interval."""
+    higher_is_better = check_bool("higher_is_better", higher_is_better)
     if not (np.isfinite(low) and np.isfinite(high)):
         return NOT_AVAILABLE
     if low > 0 or high < 0:
@@ -178,6 +181,7 @@ def mean_ci(
 
 def fmt(mean: float, low: float, high: float, digits: int = 2, signed: bool = False) -> str:
     """``"0.12 [0.05, 0.20]"`` (``signed``: with a leading + for positive means)."""
+    signed = check_bool("signed", signed)
     if not np.isfinite(mean):
         return "n/a"
     sign = "+" if signed else ""

@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ from lib.train import TrainConfig, TrainResult, train
 from lib.validation import (
     ParameterTypeError,
     canonical,
+    check_bool,
     check_callable,
     check_columns,
     check_float,
@@ -72,14 +74,26 @@ _NOT_PER_MODEL = {
 }
 
 
+# Words that mark a column name as a hyperparameter (in any case, as a part of a name such as
+# "l1_coef" or "lambda_ortho"), with the per-model column meant.
+_HYPERPARAMETER_WORDS = {
+    "l1": "l1", "lr": "lr", "learning": "lr", "lambda": "ortho_weight", "lam": "ortho_weight",
+    "ortho": "ortho_weight", "orth": "ortho_weight", "orthogonality": "ortho_weight",
+}
+
+
 def _check_hyperparameter_columns(rows: pd.DataFrame) -> None:
-    """Refuse columns that would silently have no effect on training (misspelt hyperparameters)."""
+    """Refuse columns that would silently have no effect on training: misspelt hyperparameters
+    (another case, another name, a name containing one, such as ``L1``, ``l1_coef`` or
+    ``lambda_ortho``). Other columns (labels such as ``rho`` or ``cond``) are allowed."""
     for col in rows.columns:
         if not isinstance(col, str) or col in PER_MODEL_COLUMNS:
             continue
-        close = difflib.get_close_matches(col, PER_MODEL_COLUMNS, n=1, cutoff=0.8)
-        if col in _NOT_PER_MODEL or close:
-            meant = _NOT_PER_MODEL.get(col) or (close[0] if close else None)
+        low = col.lower()
+        close = difflib.get_close_matches(low, PER_MODEL_COLUMNS, n=1, cutoff=0.8)
+        words = [_HYPERPARAMETER_WORDS[w] for w in re.split(r"[^a-z0-9]+", low) if w in _HYPERPARAMETER_WORDS]
+        if low in _NOT_PER_MODEL or close or words:
+            meant = _NOT_PER_MODEL.get(low) or (close[0] if close else None) or (words[0] if words else None)
             hint = f"; did you mean {meant!r}?" if meant else " (it is shared by every model: pass it as a keyword)"
             raise ValueError(
                 f"rows has a column {col!r} that train_stack would ignore: the per-model columns are "
@@ -154,7 +168,10 @@ def train_stack(
     """Train one SAE per row of ``rows``, all at once.
 
     Columns ``lr``, ``l1`` and ``ortho_weight`` of ``rows``, where present, set that model's value;
-    otherwise the keyword argument applies to every model.
+    otherwise the keyword argument applies to every model. ``l1`` applies to ReLU SAEs only (a
+    TopK stack trains without an L1 term, whatever ``l1``: one value serves the ReLU and TopK
+    stacks of a mixed sweep). Any other column whose name looks like a hyperparameter (``L1``,
+    ``l1_coef``, ``lambda_ortho`` ...) is refused; label columns (``rho``, ``cond`` ...) are kept.
 
     Args:
         sample: ``sample(batch) -> x: [len(rows), batch, d]``, or one data set per row.
@@ -354,6 +371,8 @@ def _fit_stack(
     snapshot_steps: Sequence[int],
     log_every: int | None,
 ) -> tuple[SAE, TrainResult]:
+    progress = check_bool("progress", progress)
+    paired = check_bool("paired", paired)
     check_instance("rows", rows, pd.DataFrame)
     m = len(rows)
     if m == 0:
@@ -370,7 +389,8 @@ def _fit_stack(
         steps=steps,
         batch_size=batch_size,
         lr=_column_or(rows, "lr", lr),
-        l1_coeff=_column_or(rows, "l1", l1),
+        # TopK SAEs have no L1 term: l1 is shared with the ReLU stacks of a mixed sweep (lib.ablations)
+        l1_coeff=_column_or(rows, "l1", l1) if kind == "relu" else 0.0,
         ortho_weight=_column_or(rows, "ortho_weight", ortho_weight),
         ortho=ortho or OrthoConfig(),
         log_every=log_every or max(1, steps // 10),
@@ -529,6 +549,8 @@ def ground_truth_scores(
         One row per model: mmcs, mcc, (mcc_composed), n_compositions, alone, in_combination,
         missed (fractions of true features) and ``status`` (per-feature list).
     """
+    signed = check_bool("signed", signed)
+    reports = check_bool("reports", reports)
     check_instance("sae", sae, SAE)
     if not sae.stacked:
         raise ValueError("ground_truth_scores needs a stacked SAE (cfg.n_models set)")

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from tqdm import TqdmWarning, tqdm
 
 from lib import paths
-from lib.validation import check_float, check_int
+from lib.validation import check_bool, check_float, check_int
 
 with warnings.catch_warnings():
     # sae_lens imports tqdm.auto, which warns in notebook kernels without ipywidgets
@@ -364,6 +364,7 @@ class FeatureSamples:
 
     def rows(self, start: int, stop: int, dense: bool = False) -> Tensor:
         """Samples ``start:stop`` as a sparse COO [stop - start, n_features] tensor (or dense)."""
+        dense = check_bool("dense", dense)
         lo, hi = int(self.crow[start]), int(self.crow[stop])
         counts = self.crow[start + 1 : stop + 1] - self.crow[start:stop]
         row = torch.repeat_interleave(torch.arange(stop - start), counts)
@@ -406,6 +407,7 @@ def generate_samples(
     temporary name and renamed; ``meta.json`` (written last) lists them. A folder whose meta does
     not match ``n``, ``seed`` and ``shard`` is refused.
     """
+    progress = check_bool("progress", progress)
     from sae_lens.util import temporary_seed
 
     check_int("n", n, 1)
@@ -477,6 +479,7 @@ class Replay(nn.Module):
     """
 
     def __init__(self, samples: FeatureSamples, dense: bool = False):
+        dense = check_bool("dense", dense)
         super().__init__()
         self.samples, self.dense, self.position = samples, dense, 0
         self.num_features = samples.n_features
@@ -562,6 +565,7 @@ class BenchData:
 
     def train_source(self, dense: bool = False) -> Replay | LiveSamples:
         """A fresh source of the training samples, from the start (every SAE sees the same ones)."""
+        dense = check_bool("dense", dense)
         return Replay(self.train, dense=dense) if self.cached else LiveSamples(self.model, self.data_seed)
 
     def eval_source(self) -> Replay | LiveSamples:
@@ -586,6 +590,7 @@ def prepare(
     true L0 of a first chunk); otherwise training and evaluation draw live samples from the model
     (on ``device``), each stream from its own seed.
     """
+    progress = check_bool("progress", progress)
     check_int("n_eval", n_eval, 1)
     t0 = time.perf_counter()
     model = build_model(cfg, root, device=device)

@@ -34,6 +34,7 @@ from lib.validation import (
     ParameterTypeError,
     check_bool,
     check_choice,
+    check_default,
     check_float,
     check_instance,
     check_int,
@@ -150,14 +151,12 @@ class ToyDataConfig:
                 self._refuse_if_set(name, "firing='uniform'", "firing='zipf'")
         else:
             self._refuse_if_set("p", "firing='zipf'", "p_max and p_min")
+        if self.structure == "copula" and self.block_size == 1:  # blocks of one feature: no pairs to correlate
+            self._refuse_if_set("rho", "block_size=1 (each block holds one feature)", "block_size >= 2")
 
     def _refuse_if_set(self, name: str, context: str, instead: str) -> None:
         default = next(f.default for f in dataclasses.fields(self) if f.name == name)
-        if getattr(self, name) != default:
-            raise ValueError(
-                f"{name}={getattr(self, name)!r} has no effect with {context}; leave it at its "
-                f"default {default!r} or use {instead}"
-            )
+        check_default(name, getattr(self, name), default, context, instead)
 
     @property
     def n_sets(self) -> int:
@@ -220,6 +219,7 @@ class ToyData:
     ):
         check_instance("cfg", cfg, ToyDataConfig)
         check_instance("generator", generator, torch.Generator, optional=True)
+        fast_sampler = check_bool("fast_sampler", fast_sampler)
         self.cfg = cfg
         if cfg.embedding == "given":
             if directions is not None:
@@ -244,7 +244,7 @@ class ToyData:
             self._firing = ActivationGenerator(
                 cfg.n_features, self.probs, correlation_matrix=cfg.correlation_matrix()
             )
-        self.fast_sampler = bool(fast_sampler) and self._firing is not None
+        self.fast_sampler = fast_sampler and self._firing is not None
         corr = cfg.correlation_matrix() if cfg.structure == "copula" else None
         # [F, F] Cholesky factor of the fast copula path (None: independent firing or SAELens's sampler)
         self._chol = torch.linalg.cholesky(corr) if self.fast_sampler and corr is not None else None

@@ -16,7 +16,10 @@ Checkpoints (model, optimiser, step, history and the global RNG state that drive
 versioned, hash-checked files (:mod:`lib.checkpoint`) written to a temporary file and renamed, so
 an interrupted run never leaves a checkpoint that is later trusted and a damaged one is refused by
 name; ``train`` resumes from one when its (canonical) configuration matches and refuses otherwise.
-Every argument, the checkpoint folder included, is checked before the first step.
+Every argument, the checkpoint folder included, is checked before the first step. A non-finite
+loss or gradient stops training at once, and a checkpoint is never written with non-finite weights
+or optimiser state. float16 / bfloat16 SAEs train with the orthogonality penalty computed in
+float32 (:func:`lib.ortho.penalty_dtype`; in half precision its steep shapes overflow).
 
 When torch.distributed runs with several processes (``torchrun``), ``train`` is data-parallel
 (see :mod:`lib.distributed`): ``batch_size`` is the global batch, every process trains on its
@@ -38,7 +41,14 @@ from tqdm import tqdm
 from lib import distributed
 from lib.checkpoint import load_checkpoint, save_checkpoint
 from lib.distributed import CollectiveError, Group
-from lib.ortho import BOUNDED_SHAPES, CertifiedCache, NeighbourCache, OrthoConfig, ortho_penalty
+from lib.ortho import (
+    BOUNDED_SHAPES,
+    CertifiedCache,
+    NeighbourCache,
+    OrthoConfig,
+    ortho_penalty,
+    penalty_dtype,
+)
 from lib.recipe import Recipe, aux_k_loss, geometric_median, resample_dead
 from lib.sae import SAE
 from lib.validation import (
@@ -47,6 +57,7 @@ from lib.validation import (
     canonical_json,
     check_bool,
     check_callable,
+    check_default,
     check_float,
     check_instance,
     check_int,
@@ -61,6 +72,8 @@ PerModel = float | tuple[float, ...]
 # their default, so existing run folders and checkpoints stay valid.
 _LATER_ORTHO_FIELDS = {"check_rows": 64}
 
+
+_L1_DEFAULT = 0.1  # TrainConfig.l1_coeff's default
 
 # Per-model hyperparameters: the lower bound (None: unbounded) and whether it is excluded.
 _PER_MODEL_BOUNDS = {"lr": (0.0, True), "l1_coeff": (0.0, False), "ortho_weight": (None, False)}
@@ -95,7 +108,8 @@ class TrainConfig:
         batch_size: inputs per step (per model); in a data-parallel job the global batch,
             divided evenly over the processes.
         lr: Adam learning rate, one value or one per stacked model.
-        l1_coeff: L1 coefficient (ReLU SAEs), one value or one per model; >= 0.
+        l1_coeff: L1 coefficient (ReLU SAEs), one value or one per model; >= 0. TopK SAEs have no
+            L1 term: leave it at its default (or 0) for them.
         ortho_weight: lambda_orth, one value or one per model; negative rewards alignment and
             needs a bounded penalty shape.
         ortho: how the orthogonality penalty is computed.
@@ -115,7 +129,7 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 512
     lr: PerModel = 3e-3
-    l1_coeff: PerModel = 0.1
+    l1_coeff: PerModel = _L1_DEFAULT
     ortho_weight: PerModel = 0.0
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     log_every: int = 50
@@ -152,6 +166,21 @@ class TrainConfig:
                 "stage_size=1 leaves the first stage's only latent without a neighbour for the "
                 "orthogonality penalty; use stage_size >= 2 (or 0 for no stages)"
             )
+
+    def check_kind(self, kind: str) -> None:
+        """Options that have no effect for the SAE ``kind`` must keep their defaults (called by the
+        trainer before any training, where the kind is known).
+
+        Raises:
+            ValueError: a TopK SAE with an ``l1_coeff`` other than its default (or 0), or a recipe
+                option of the other kind (:meth:`lib.recipe.Recipe.check_kind`).
+        """
+        self.recipe.check_kind(kind)
+        if kind == "topk":
+            values = self.l1_coeff if isinstance(self.l1_coeff, tuple) else (self.l1_coeff,)
+            if any(v not in (0.0, _L1_DEFAULT) for v in values):  # 0: "no L1", also what it is
+                shown = values[0] if len(values) == 1 else values  # (x,) is x (a stack's sweep passes tuples)
+                check_default("l1_coeff", shown, _L1_DEFAULT, "kind='topk' (TopK SAEs have no L1 term)", "kind='relu'")
 
     def fingerprint(self, sae: SAE) -> str:
         """A string that identifies the run, stored in checkpoints to refuse a mismatched resume.
@@ -302,7 +331,7 @@ class Stepper:
         check_instance("sae", sae, SAE)
         check_instance("cfg", cfg, TrainConfig)
         self.sae, self.cfg, self.group = sae, cfg, group
-        cfg.recipe.check_kind(sae.cfg.kind)
+        cfg.check_kind(sae.cfg.kind)
         stages = n_stages(cfg, sae.cfg.n_latents)
         if cfg.steps < stages:
             raise ValueError(
@@ -317,14 +346,16 @@ class Stepper:
         # fused: one pass over the parameters per step instead of one per Adam operation
         self.opt = torch.optim.Adam(sae.parameters(), lr=1.0 if m is not None else float(self.lr), fused=True)
         self.cache = cfg.ortho.make_cache() if bool((self.ortho_w != 0).any()) else None
-        self.params = list(sae.parameters())
+        named = list(sae.named_parameters())
+        self.names, self.params = [name for name, _ in named], [p for _, p in named]
         lead = () if m is None else (m,)
         self.since_fired = torch.zeros(*lead, sae.cfg.n_latents, dtype=torch.long, device=device)
 
     def ortho_rows(self) -> Tensor:
-        """The matrix whose rows the penalty compares: decoder rows or encoder columns."""
+        """The matrix whose rows the penalty compares: decoder rows or encoder columns (in the
+        penalty's precision, :func:`lib.ortho.penalty_dtype`)."""
         sae = self.sae
-        return sae.W_dec if self.cfg.ortho.target == "decoder" else sae.W_enc.transpose(-1, -2)
+        return penalty_dtype(sae.W_dec if self.cfg.ortho.target == "decoder" else sae.W_enc.transpose(-1, -2))
 
     def dead(self) -> Tensor:
         """[(M,) n] bool: latents that have not fired for ``recipe.dead_steps`` steps."""
@@ -339,6 +370,12 @@ class Stepper:
     def __call__(self, x: Tensor, step: int) -> dict[str, Tensor]:
         sae, cfg, recipe = self.sae, self.cfg, self.cfg.recipe
         x = check_tensor("the sampled batch x", x, finite=False).to(sae.W_dec.device)
+        if x.ndim >= 2 and x.shape[-2] < cfg.batch_size:
+            raise ValueError(
+                f"the sampled batch x has {x.shape[-2]} row(s) (shape {tuple(x.shape)}), fewer than batch_size="
+                f"{cfg.batch_size}: sample(batch_size) must return batch_size rows (use a smaller batch_size "
+                "or more data)"
+            )
         group = self.group
         local = x if group is None else group.slice(x)
         stage = stage_bounds(cfg, sae.cfg.n_latents, step)
@@ -360,6 +397,7 @@ class Stepper:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             group.mean_([p.grad for p in self.params])
+        self._check_gradients(step)
         unit = recipe.decoder_norm == "unit"
         if unit:
             sae.remove_parallel_decoder_grad()
@@ -393,6 +431,23 @@ class Stepper:
             report["resampled"] = done.float().sum(-1)
         return report
 
+    def _check_gradients(self, step: int) -> None:
+        """Refuse a step with a NaN or inf gradient (it would make the weights non-finite)."""
+        grads = [(name, p.grad) for name, p in zip(self.names, self.params) if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
+            return
+        names = [name for name, g in grads if not bool(torch.isfinite(g).all())]
+        where = ""
+        if self.sae.stacked:
+            bad = torch.zeros(self.sae.cfg.n_models, dtype=torch.bool, device=grads[0][1].device)
+            for _, g in grads:
+                bad |= ~torch.isfinite(g.reshape(g.shape[0], -1)).all(-1)
+            where = f", models {bad.nonzero().flatten().tolist()[:10]}"
+        raise FloatingPointError(
+            f"non-finite gradient at step {step} (parameters {names}{where}, dtype {self.params[0].dtype}); "
+            "last checkpoint kept"
+        )
+
     def _global(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """The loss terms of the global batch: every term is a mean over equal-size slices."""
         names = list(terms)
@@ -413,6 +468,12 @@ class Stepper:
         x = sample(recipe.b_dec_init_samples).to(sae.W_dec.device).float()  # [(M,) S, d]
         centre = x.mean(-2) if recipe.b_dec_init == "mean" else geometric_median(x)
         sae.b_dec.copy_(centre)
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    """A copy of ``t`` as a numpy array (float16 / bfloat16 as float32: numpy has no bfloat16)."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy().copy()
 
 
 def _to(obj, device: torch.device):
@@ -452,8 +513,12 @@ def train(
             more than one process (:func:`lib.distributed.current`), else none.
 
     Raises:
-        FloatingPointError: a non-finite loss, naming the step; the last checkpoint is kept.
-        ValueError: a checkpoint in ``checkpoint_dir`` from a different configuration, or
+        FloatingPointError: a non-finite loss or gradient, naming the step (a checkpoint is never
+            written with non-finite weights); the last checkpoint is kept.
+        TypeError: ``cfg`` is not a :class:`TrainConfig` (e.g. a dict).
+        ValueError: a sampled batch with fewer rows than ``batch_size``, an option without effect
+            for the SAE's kind (:meth:`TrainConfig.check_kind`), a checkpoint in
+            ``checkpoint_dir`` from a different configuration, or
             ``checkpoint_dir`` is a file (checked before training), a batch that does not divide
             over the processes, or processes seeded differently.
         lib.checkpoint.CheckpointError: a damaged, truncated or other-version checkpoint (a
@@ -462,6 +527,7 @@ def train(
         lib.distributed.CollectiveError: another process stopped (or the network failed); the
             message names the step and the last checkpoint, from which a new run resumes.
     """
+    check_instance("cfg", cfg, TrainConfig)
     check_callable("sample", sample)
     check_bool("progress", progress)
     check_str("desc", desc, empty=True)
@@ -534,6 +600,7 @@ def train(
                 "snapshots": snapshots,
                 "world_size": world,
             },
+            finite=("model", "optimizer"),
         )
 
     snap_at = set(cfg.snapshot_steps)
@@ -546,7 +613,7 @@ def train(
         for step in bar:
             terms = stepper(sample(cfg.batch_size), step)
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                rec = {k: v.detach().cpu().numpy().copy() for k, v in terms.items()}
+                rec = {k: _numpy(v) for k, v in terms.items()}
                 rec["step"] = np.asarray(step + 1)
                 for k, v in rec.items():
                     history.setdefault(k, []).append(v)

@@ -32,11 +32,17 @@ import torch
 
 from lib import distributed
 from lib.ortho import METHODS, PENALTY_SHAPES, OrthoConfig
+from lib.report import atomic_write
 from lib.reproducibility import setup
 from lib.sae import SAE, SAE_KINDS, SAEConfig
 from lib.train import TrainConfig, train
 
 DEVICES = ("auto", "cpu", "cuda")
+L1_DEFAULT = 1e-3  # --l1-coeff of ReLU SAEs
+# Ortho flags used only by some methods: flag -> (methods, default).
+METHOD_FLAGS = {"cache_k": (("cached", "certified"), 64), "refresh_every": (("cached",), 100),
+                "check_rows": (("certified",), 64)}
+TOY_DEFAULTS = {"toy_features": 1024, "toy_d": 128, "toy_p": 0.01}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,22 +55,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="relu", help=f"one of {SAE_KINDS}")
     p.add_argument("--k", type=int, default=None, help="active latents per input for --kind topk")
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--l1-coeff", type=float, default=1e-3, help="ReLU SAEs")
+    p.add_argument("--l1-coeff", type=float, default=None, help=f"ReLU SAEs (default {L1_DEFAULT})")
     p.add_argument("--ortho-weight", type=float, default=0.0, help="lambda_orth (0: no penalty)")
     p.add_argument("--ortho-method", default="certified", help=f"one of {METHODS}")
     p.add_argument("--ortho-shape", default="neglog", help=f"one of {tuple(PENALTY_SHAPES)}")
-    p.add_argument("--cache-k", type=int, default=64, help="candidates per latent (cached, certified)")
-    p.add_argument("--refresh-every", type=int, default=100, help="cached: steps between refreshes")
-    p.add_argument("--check-rows", type=int, default=64, help="certified: rows checked against the exact search per step")
+    p.add_argument("--cache-k", type=int, default=None,
+                   help=f"candidates per latent (cached, certified; default {METHOD_FLAGS['cache_k'][1]})")
+    p.add_argument("--refresh-every", type=int, default=None,
+                   help=f"cached: steps between refreshes (default {METHOD_FLAGS['refresh_every'][1]})")
+    p.add_argument("--check-rows", type=int, default=None,
+                   help=f"certified: rows checked against the exact search per step (default {METHOD_FLAGS['check_rows'][1]})")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help=f"one of {DEVICES}; auto: this process's GPU if any")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / processes)")
     p.add_argument("--timeout-s", type=float, default=600.0, help="how long a collective waits for the others")
-    p.add_argument("--toy-features", type=int, default=1024, help="toy data: ground-truth features")
-    p.add_argument("--toy-d", type=int, default=128, help="toy data: input dimension")
-    p.add_argument("--toy-p", type=float, default=0.01, help="toy data: firing probability of each feature")
+    p.add_argument("--toy-features", type=int, default=None, help=f"toy data: ground-truth features (default {TOY_DEFAULTS['toy_features']})")
+    p.add_argument("--toy-d", type=int, default=None, help=f"toy data: input dimension (default {TOY_DEFAULTS['toy_d']})")
+    p.add_argument("--toy-p", type=float, default=None,
+                   help=f"toy data: firing probability of each feature (default {TOY_DEFAULTS['toy_p']})")
     p.add_argument("--data-in-memory", action="store_true",
                    help="hold the whole activation cache on the device (default: stream the drawn rows from the "
                         "memory-mapped shards, for caches of any size)")
@@ -72,27 +82,33 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def check(a: argparse.Namespace) -> None:
-    """Every flag validated before any work; errors name the flag."""
-    for flag in ("n_latents", "steps", "batch_size", "cache_k", "refresh_every", "log_every", "toy_features", "toy_d"):
-        if getattr(a, flag) <= 0:
-            raise SystemExit(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(a, flag)}")
-    for flag in ("checkpoint_every", "check_rows", "seed"):
-        if getattr(a, flag) < 0:
-            raise SystemExit(f"--{flag.replace('_', '-')} must be an integer >= 0, got {getattr(a, flag)}")
+    """Every flag validated before any work, the output folder included; errors name the flag.
+    Fills in the defaults of the flags that depend on others (see :func:`check_unused`)."""
     for flag, allowed in (("kind", SAE_KINDS), ("ortho_method", METHODS), ("ortho_shape", tuple(PENALTY_SHAPES)),
                           ("device", DEVICES)):
         if getattr(a, flag) not in allowed:
-            raise SystemExit(f"--{flag.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(a, flag)!r}")
+            raise SystemExit(f"{_flag(flag)} must be one of {', '.join(allowed)}, got {getattr(a, flag)!r}")
+    check_unused(a)
+    for flag in ("n_latents", "steps", "batch_size", "cache_k", "refresh_every", "log_every", "toy_features", "toy_d"):
+        if getattr(a, flag) is not None and getattr(a, flag) <= 0:
+            raise SystemExit(f"{_flag(flag)} must be a positive integer, got {getattr(a, flag)}")
+    for flag in ("checkpoint_every", "check_rows", "seed"):
+        if getattr(a, flag) is not None and getattr(a, flag) < 0:
+            raise SystemExit(f"{_flag(flag)} must be an integer >= 0, got {getattr(a, flag)}")
     if a.kind == "topk" and (a.k is None or not 1 <= a.k <= a.n_latents):
         raise SystemExit(f"--k must be an integer in [1, --n-latents] for --kind topk, got {a.k}")
     if not (math.isfinite(a.lr) and a.lr > 0):
         raise SystemExit(f"--lr must be a finite number > 0, got {a.lr}")
-    if not (math.isfinite(a.l1_coeff) and a.l1_coeff >= 0):
+    if a.l1_coeff is not None and not (math.isfinite(a.l1_coeff) and a.l1_coeff >= 0):
         raise SystemExit(f"--l1-coeff must be a finite number >= 0, got {a.l1_coeff}")
     if not math.isfinite(a.ortho_weight):
         raise SystemExit(f"--ortho-weight must be a finite number, got {a.ortho_weight}")
-    if not (0 < a.toy_p <= 1):
+    if a.toy_p is not None and not (0 < a.toy_p <= 1):
         raise SystemExit(f"--toy-p must be in (0, 1], got {a.toy_p}")
     if a.threads is not None and a.threads <= 0:
         raise SystemExit(f"--threads must be a positive integer, got {a.threads}")
@@ -102,11 +118,55 @@ def check(a: argparse.Namespace) -> None:
         raise SystemExit("--device cuda: no CUDA GPU is available")
     if a.data != "toy" and not (Path(a.data) / "meta.json").is_file():
         raise SystemExit(f"--data must be 'toy' or a cache folder written by lib.activations (with meta.json), got {a.data!r}")
-    out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"--out {a.out!r} exists and is not a folder")
+    check_out(a.out)
+
+
+def check_unused(a: argparse.Namespace) -> None:
+    """A flag that has no effect with the other flags (``--k`` or ``--l1-coeff`` for the other
+    kind, ``--cache-k`` with a method without a cache, a toy option with a cache folder ...) is an
+    error, not ignored; the defaults of the flags that apply are filled in."""
+    unused = []
+    if a.kind != "topk" and a.k is not None:
+        unused.append(("k", "--kind topk"))
+    if a.kind != "relu" and a.l1_coeff is not None:
+        unused.append(("l1_coeff", "--kind relu (TopK SAEs have no L1 term)"))
+    for name, (methods, _) in METHOD_FLAGS.items():
+        if a.ortho_method not in methods and getattr(a, name) is not None:
+            unused.append((name, "--ortho-method " + " or ".join(methods)))
+    if a.data != "toy":
+        unused += [(name, "--data toy") for name in TOY_DEFAULTS if getattr(a, name) is not None]
+    elif a.data_in_memory:
+        unused.append(("data_in_memory", "--data <an activation cache>"))
+    for name, needs in unused:
+        raise SystemExit(f"{_flag(name)} only applies to {needs}, which this run does not use")
+    if a.kind == "relu" and a.l1_coeff is None:
+        a.l1_coeff = L1_DEFAULT
+    for name, (methods, default) in METHOD_FLAGS.items():
+        if a.ortho_method in methods and getattr(a, name) is None:
+            setattr(a, name, default)
+    if a.data == "toy":
+        for name, default in TOY_DEFAULTS.items():
+            if getattr(a, name) is None:
+                setattr(a, name, default)
+
+
+def check_out(folder: str) -> None:
+    """The run folder and everything written there at the end (the SAE, the summary), checked
+    before any training."""
+    from lib.saelens_io import check_save_folder
+    from lib.validation import check_output_dir
+
+    out = Path(folder)
+    try:
+        check_output_dir("--out", out)
+        check_save_folder(out / "sae")
+    except (ValueError, OSError) as e:  # OSError: PermissionError, a folder that cannot be written
+        raise SystemExit(str(e) if str(e).startswith("--out") else f"--out {folder!r}: {e}") from None
     if out.is_dir() and any(out.iterdir()) and not (out / "checkpoint.pt").exists():
-        raise SystemExit(f"--out {a.out!r} is not empty and holds no checkpoint to resume from; choose another folder")
+        raise SystemExit(f"--out {folder!r} is not empty and holds no checkpoint to resume from; choose another folder")
+    for name in ("checkpoint.pt", "summary.json"):
+        if (out / name).exists() and not (out / name).is_file():
+            raise SystemExit(f"--out {folder!r} holds a folder named {name}; move it away or choose another folder")
 
 
 def open_activations(folder: str):
@@ -162,10 +222,11 @@ def run(a: argparse.Namespace, group: distributed.Group | None) -> None:
         store, scale, metadata = open_activations(a.data)
         d, sample = store.d, store.sampler(scale, device, in_memory=a.data_in_memory)
     sae_cfg = SAEConfig(d=d, n_latents=a.n_latents, kind=a.kind, k=a.k if a.kind == "topk" else None)
-    ortho = OrthoConfig(shape=a.ortho_shape, method=a.ortho_method, cache_k=a.cache_k,
-                        refresh_every=a.refresh_every, check_rows=a.check_rows)
+    options = {name: getattr(a, name) for name, (methods, _) in METHOD_FLAGS.items() if a.ortho_method in methods}
+    ortho = OrthoConfig(shape=a.ortho_shape, method=a.ortho_method, **options)
     try:
-        cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, l1_coeff=a.l1_coeff,
+        # TopK: no L1 term (0, as lib.runs records it)
+        cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, l1_coeff=a.l1_coeff if a.kind == "relu" else 0.0,
                           ortho_weight=a.ortho_weight, ortho=ortho, log_every=a.log_every,
                           checkpoint_every=a.checkpoint_every)
     except ValueError as e:
@@ -189,9 +250,7 @@ def run(a: argparse.Namespace, group: distributed.Group | None) -> None:
         "inputs_per_s": steps_run * a.batch_size / seconds if steps_run else None,
         "final": last, "certified": res.certified, "args": vars(a),
     }
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "summary.json")
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1))
     rate = f", {summary['inputs_per_s']:.0f} inputs/s" if steps_run else " (already finished)"
     print(f"trained {a.steps} steps on {world} process(es){rate}; wrote {out / 'sae'} and {out / 'summary.json'}",
           file=sys.stderr)

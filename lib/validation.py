@@ -13,6 +13,8 @@ float is expected), numpy integer and floating scalars are accepted as numbers, 
 where a float is expected, and a float is never accepted where an int is expected.
 
 :func:`check_output_dir` checks a folder a writer is about to fill, before any long work.
+:func:`check_default` refuses a parameter set away from its default where it has no effect (an
+option of another method, kind or structure), instead of ignoring it.
 :func:`canonical` turns a configuration into a canonical JSON-ready value for fingerprints (``0``
 and ``0.0`` are the same number, a 1-tuple is its value).
 
@@ -136,6 +138,19 @@ def check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def check_default(name: str, value: Any, default: Any, context: str, instead: str) -> None:
+    """A parameter that has no effect in ``context`` (e.g. ``"method='chunked'"``) must keep its
+    ``default``: setting it would otherwise be silently ignored. ``instead`` says what uses it.
+
+    Raises:
+        ValueError: ``value != default``, naming the parameter, the context and what to do.
+    """
+    if value != default:
+        raise ValueError(
+            f"{name}={value!r} has no effect with {context}; leave it at its default {default!r} or use {instead}"
+        )
+
+
 def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
     """One of ``allowed`` (strings)."""
     allowed = tuple(allowed)
@@ -218,10 +233,12 @@ def check_tensor(
     finite: bool = True,
     floating: bool = False,
     arrays: bool = False,
+    to_float: bool = False,
 ) -> Tensor:
     """A tensor with ``ndim`` dimensions (one of them, for a tuple) and, when ``finite``, no NaN or
     inf. ``arrays`` also accepts numpy arrays (returned as tensors); ``floating`` requires a floating
-    dtype."""
+    dtype; ``to_float`` converts integer and bool values to float64 instead (exact for integers up
+    to 2**53), for functions that compute means and variances."""
     if arrays and isinstance(x, np.ndarray):
         if x.dtype == object or x.dtype.kind in "USV":
             raise ParameterTypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
@@ -234,6 +251,8 @@ def check_tensor(
         if x.ndim not in dims:
             want = " or ".join(f"{d}-D" for d in dims)
             raise ValueError(f"{name} must be {want}, got shape {tuple(x.shape)}")
+    if to_float and not (x.is_floating_point() or x.is_complex()):
+        x = x.to(torch.float64)
     if floating and not x.is_floating_point():
         raise ParameterTypeError(f"{name} must have a floating dtype, got {x.dtype}")
     if finite and (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x).all()):

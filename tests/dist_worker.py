@@ -17,7 +17,7 @@ import sys
 import torch
 
 from lib import distributed
-from lib.ortho import CertifiedCache, NeighbourCache, OrthoConfig, nn_abs_cos
+from lib.ortho import METHOD_OPTIONS, CertifiedCache, NeighbourCache, OrthoConfig, nn_abs_cos
 from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
 from lib.train import TrainConfig, train
@@ -53,8 +53,10 @@ def train_job(job: dict, group=None) -> dict:
             return data.sample(b)
         return torch.stack([data.sample(b) for _ in range(n_models)])
 
-    ortho = OrthoConfig(method=job.get("method", "chunked"), cache_k=job.get("cache_k", 3), refresh_every=5,
-                        chunk=job.get("chunk", 5), check_rows=4)
+    method = job.get("method", "chunked")
+    options = {"cache_k": job.get("cache_k", 3), "refresh_every": 5, "check_rows": 4}
+    ortho = OrthoConfig(method=method, chunk=job.get("chunk", 5),
+                        **{name: v for name, v in options.items() if method in METHOD_OPTIONS[name]})
     cfg = TrainConfig(steps=job.get("steps", 24), batch_size=job.get("batch", 32), lr=1e-2, l1_coeff=0.05,
                       ortho_weight=0.1, ortho=ortho, log_every=4, checkpoint_every=job.get("checkpoint_every", 0))
     res = train(sae, sample, cfg, checkpoint_dir=job.get("folder"), progress=False, group=group)

@@ -122,7 +122,7 @@ CHILD = textwrap.dedent(
 
         def opener(path, mode="r", *a, **k):
             f = real_open(path, mode, *a, **k)
-            if "w" in mode:
+            if "w" in mode or "x" in mode:
                 saves[0] += 1
                 if saves[0] == 2:
                     return Half(f)
@@ -156,13 +156,15 @@ def kill_when_ready(args: list[str]) -> None:
 
 @pytest.mark.parametrize(("where", "last_good"), [("step", 10), ("write", 5)])
 def test_kill_9_during_training_resumes_bit_identically(tmp_path, where, last_good):
+    (tmp_path / "checkpoint.pt.tmp").write_text("the user's own file")  # a name the writer must not take
     kill_when_ready([CHILD, where, str(tmp_path)])
-    left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == (["checkpoint.pt"] if where == "step" else ["checkpoint.pt", "checkpoint.pt.tmp"])
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name != "checkpoint.pt.tmp")
+    temporaries = [name for name in left if name.startswith("checkpoint.pt.lib-tmp-")]
+    assert left == ["checkpoint.pt", *temporaries] and len(temporaries) == (where == "write")
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == last_good  # the partial write is not it
     if where == "write":  # the half-written file is never trusted, not even when renamed by hand
         torn = tmp_path / "torn.pt"
-        os.replace(tmp_path / "checkpoint.pt.tmp", torn)
+        os.link(tmp_path / temporaries[0], torn)  # a copy: the next write must remove the killed one's file
         with pytest.raises(CheckpointError, match=r"torn\.pt is truncated"):
             load_checkpoint(torn)
         torn.unlink()
@@ -175,7 +177,9 @@ def test_kill_9_during_training_resumes_bit_identically(tmp_path, where, last_go
     assert_same(ref, resumed)
     for k in ref_res.history:
         assert (ref_res.history[k] == res.history[k]).all(), k
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    # the killed writer's temporary file is gone, the user's file of the same old name is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "checkpoint.pt.tmp"]
+    assert (tmp_path / "checkpoint.pt.tmp").read_text() == "the user's own file"
 
 
 CACHE_CHILD = textwrap.dedent(
@@ -278,6 +282,30 @@ def test_checkpoint_round_trip_keeps_numpy_arrays_and_refuses_pickled_code(tmp_p
         load_checkpoint(tmp_path / "evil.pt")
 
 
+def test_a_users_files_named_like_a_temporary_file_are_kept(tmp_path):
+    """A fixed temporary name (checkpoint.pt.tmp) used to be overwritten and deleted."""
+    for name in ("checkpoint.pt.tmp", ".checkpoint.pt.tmp", "checkpoint.pt.lib-tmp-notes"):
+        (tmp_path / name).write_text("mine")
+    train(fresh_sae(), sample, CFG, checkpoint_dir=tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".checkpoint.pt.tmp", "checkpoint.pt", "checkpoint.pt.lib-tmp-notes", "checkpoint.pt.tmp"]
+    assert all((tmp_path / n).read_text() == "mine" for n in (".checkpoint.pt.tmp", "checkpoint.pt.tmp"))
+
+
+def test_a_state_with_non_finite_weights_is_never_written(tmp_path):
+    ck = _checkpoint(tmp_path)
+    before = ck.read_bytes()
+    state = load_checkpoint(ck)
+    state["model"]["W_dec"][2, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match=rf"^not writing the checkpoint {ck}: model/W_dec contains non-finite"):
+        save_checkpoint(ck, state, finite=("model", "optimizer"))
+    state = load_checkpoint(ck)
+    state["optimizer"]["state"][0]["exp_avg"].view(-1)[0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r": optimizer/state/0/exp_avg contains non-finite"):
+        save_checkpoint(ck, state, finite=("model", "optimizer"))
+    assert ck.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
 def test_a_folder_named_checkpoint_pt_is_refused(tmp_path):
     (tmp_path / "checkpoint.pt").mkdir()
     with pytest.raises(ValueError, match="holds a folder named checkpoint.pt"):
@@ -331,8 +359,11 @@ def _saved(tmp_path) -> Path:
 CFG_DAMAGE = {
     "not JSON": (lambda t: t[:-3], "cfg.json is not valid JSON"),
     "not an object": (lambda t: "[1, 2]", "cfg.json must hold a JSON object"),
-    "no d_in": (lambda t: t.replace('"d_in"', '"d_inn"'), "needs integer d_in"),
-    "bad d_in": (lambda t: t.replace('"d_in": 4', '"d_in": -4'), "cfg.json: d must be a positive int"),
+    "no d_in": (lambda t: t.replace('"d_in"', '"d_inn"'), "cfg.json: the field d_in is missing"),
+    "bad d_in": (lambda t: t.replace('"d_in": 4', '"d_in": -4'), "cfg.json: d_in must be a JSON integer >= 1, got -4"),
+    "fractional d_in": (lambda t: t.replace('"d_in": 4', '"d_in": 4.7'), "cfg.json: d_in must be a JSON integer"),
+    "string boolean": (lambda t: t.replace('"apply_b_dec_to_input": true', '"apply_b_dec_to_input": "false"'),
+                       r"cfg.json: apply_b_dec_to_input must be a JSON boolean \(true or false\), got \"false\""),
     "bad architecture": (lambda t: t.replace('"standard"', '"jumprelu"'), "architecture must be one of"),
 }
 

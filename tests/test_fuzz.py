@@ -138,11 +138,11 @@ INVALID = {
             "tie_mode": bad_choice(TIE_MODES),
             "tie_tol": bad_float(0.0, 1.0, high_open=True),
             "method": bad_choice(METHODS),
-            "cache_k": bad_int(1),
-            "refresh_every": bad_int(1),
-            "ortsae_chunk": bad_int(2),
+            "cache_k": st.one_of(bad_int(1), st.integers(9, 99)),  # the latter: no cache with the default method
+            "refresh_every": st.one_of(bad_int(1), st.integers(1, 99)),  # the latter: not "cached"
+            "ortsae_chunk": st.one_of(bad_int(2), st.integers(2, 1023)),  # the latter: not "ortsae"
             "chunk": bad_int(1),
-            "check_rows": bad_int(0),
+            "check_rows": st.one_of(bad_int(0), st.integers(0, 63)),  # the latter: not "certified"
         },
     ),
     Recipe: (
@@ -153,11 +153,11 @@ INVALID = {
             "l1_warmup_steps": bad_int(0),
             "grad_clip": bad_float(0.0, low_open=True, optional=True),
             "b_dec_init": bad_choice(recipe.B_DEC_INITS),
-            "b_dec_init_samples": bad_int(1),
+            "b_dec_init_samples": st.one_of(bad_int(1), st.integers(1, 8191)),  # the latter: b_dec_init="zeros"
             "dead_steps": bad_int(1),
             "resample_every": bad_int(1, optional=True),
             "aux_k": bad_int(1, optional=True),
-            "aux_coeff": bad_float(0.0, low_open=True),
+            "aux_coeff": st.one_of(bad_float(0.0, low_open=True), st.floats(0.04, 1.0)),  # the latter: no aux_k
             "decoder_norm": bad_choice(recipe.DECODER_NORMS),
             "init_decoder_norm": bad_float(0.0, low_open=True, optional=True),
         },
@@ -240,7 +240,7 @@ INVALID = {
         {
             "model": st.one_of(bad_str(), st.just("")),
             "revision": bad_str(optional=True),
-            "layers": st.sampled_from([(), (-1,), (1.0,), (True,), "3", None, 3]),
+            "layers": st.sampled_from([(), (-1,), (1.0,), (True,), "3", None, 3, (3, 3), (1, 2, 1)]),
             "context": bad_int(2),
             "train_tokens": bad_int(1),
             "eval_tokens": bad_int(1),
@@ -359,12 +359,25 @@ def ortho_configs(draw):
         reduction=draw(st.sampled_from(REDUCTIONS)),
         tie_mode=draw(st.sampled_from(TIE_MODES)),
         tie_tol=draw(st.one_of(st.just(0.0), st.floats(0.0, 0.5))),
-        method=draw(st.sampled_from(METHODS)),
-        cache_k=draw(st.integers(1, 4)),
-        refresh_every=draw(st.integers(1, 5)),
-        ortsae_chunk=draw(st.integers(2, 6)),
         chunk=draw(st.integers(1, 6)),
+        **draw(method_options()),
     )
+
+
+@st.composite
+def method_options(draw):
+    """A method and the options it uses (the others must keep their defaults)."""
+    method = draw(st.sampled_from(METHODS))
+    kw = {"method": method}
+    if method in ("cached", "certified"):
+        kw["cache_k"] = draw(st.integers(1, 4))
+    if method == "cached":
+        kw["refresh_every"] = draw(st.integers(1, 5))
+    if method == "ortsae":
+        kw["ortsae_chunk"] = draw(st.integers(2, 6))
+    if method == "certified":
+        kw["check_rows"] = draw(st.integers(0, 8))
+    return kw
 
 
 def random_rows(seed: int, n: int, d: int, lead=(), duplicate: bool = False, antipodal: bool = False) -> torch.Tensor:
@@ -403,17 +416,21 @@ def training_setups(draw):
     warm = draw(st.integers(0, steps))
     dead = draw(st.integers(1, 4))
     free = kind == "relu" and draw(st.booleans())
+    b_dec_init = draw(st.sampled_from(recipe.B_DEC_INITS))
+    aux_k = draw(st.one_of(st.none(), st.integers(1, n))) if kind == "topk" else None
+    # options of a remedy that is off keep their defaults (they would have no effect)
+    resample = st.one_of(st.none(), st.integers(dead, steps - 1)) if dead < steps else st.none()
     rec = Recipe(
         warmup_steps=warm,
         decay_steps=draw(st.integers(0, steps - warm)),
-        l1_warmup_steps=draw(st.integers(0, steps)),
+        l1_warmup_steps=draw(st.integers(0, steps)) if kind == "relu" else 0,
         grad_clip=draw(st.one_of(st.none(), st.floats(0.1, 10.0))),
-        b_dec_init=draw(st.sampled_from(recipe.B_DEC_INITS)),
-        b_dec_init_samples=draw(st.integers(1, 16)),
+        b_dec_init=b_dec_init,
+        b_dec_init_samples=draw(st.integers(1, 16)) if b_dec_init != "zeros" else 8192,
         dead_steps=dead,
-        resample_every=draw(st.one_of(st.none(), st.integers(dead, 6))) if kind == "relu" else None,
-        aux_k=draw(st.one_of(st.none(), st.integers(1, n))) if kind == "topk" else None,
-        aux_coeff=draw(st.floats(1e-3, 1.0)),
+        resample_every=draw(resample) if kind == "relu" else None,
+        aux_k=aux_k,
+        aux_coeff=draw(st.floats(1e-3, 1.0)) if aux_k is not None else 1 / 32,
         decoder_norm="free" if free else "unit",
         init_decoder_norm=draw(st.one_of(st.none(), st.floats(0.05, 2.0))) if free else None,
     )
@@ -429,7 +446,7 @@ def training_setups(draw):
         steps=steps,
         batch_size=draw(st.integers(1, 8)),
         lr=draw(per_model(st.floats(1e-4, 1e-2))),
-        l1_coeff=draw(per_model(st.floats(0.0, 0.5))),
+        l1_coeff=draw(per_model(st.floats(0.0, 0.5) if kind == "relu" else st.sampled_from([0.0, 0.1]))),
         ortho_weight=draw(per_model(weight)),
         ortho=ortho,
         log_every=draw(st.integers(1, 3)),
@@ -483,7 +500,8 @@ def toy_configs(draw):
             p_min = draw(st.floats(0.001, 0.4))
             kw |= {"p_min": p_min, "p_max": draw(st.floats(p_min + 1e-3, 1.0)), "zipf_exponent": draw(st.floats(0.1, 3.0))}
         if structure == "copula":
-            kw |= {"rho": draw(st.floats(0.0, 0.9)), "block_size": draw(st.integers(1, 4))}
+            block_size = draw(st.integers(1, 4))  # blocks of one feature have nothing to correlate
+            kw |= {"rho": draw(st.floats(0.0, 0.9)) if block_size > 1 else 0.0, "block_size": block_size}
     embedding = draw(st.sampled_from(("orthogonal", "random")))
     d = draw(st.integers(f, f + 2)) if embedding == "orthogonal" else draw(st.integers(1, 6))
     return ToyDataConfig(f, d, embedding=embedding, p_single=draw(st.floats(0.0, 1.0)), **kw)
@@ -527,7 +545,7 @@ def test_valid_cache_specs_have_a_stable_key(layer, context, n_tokens, dtype, dr
 
 
 @given(
-    layers=st.lists(st.integers(0, 12), min_size=1, max_size=3), context=st.integers(2, 512),
+    layers=st.lists(st.integers(0, 12), min_size=1, max_size=3, unique=True), context=st.integers(2, 512),
     tokens=st.integers(1, 10**6), dtype=st.sampled_from(("float16", "bfloat16", "float32")), fallback=st.booleans(),
 )
 def test_valid_lm_data_configs_construct(layers, context, tokens, dtype, fallback):
@@ -769,7 +787,8 @@ def test_best_code_loss_is_finite_and_at_most_the_zero_code(s, n, l1, seed):
 
 # ------------------------------------------------------------------------------------------ sweeps
 @given(
-    col=st.sampled_from(["l1_coeff", "learning_rate", "lambda", "ortho_weights", "l1s", "steps", "k"]),
+    col=st.sampled_from(["l1_coeff", "learning_rate", "lambda", "ortho_weights", "l1s", "steps", "k",
+                         "L1", "LR", "l1_coef", "lambda_ortho", "Ortho_Weight", "orth-lambda"]),
     data=st.data(),
 )
 def test_train_stack_refuses_columns_it_would_ignore(col, data):
@@ -789,3 +808,73 @@ def test_train_stack_accepts_label_columns(labels):
     rows = pd.DataFrame({**{c: [0, 1] for c in labels}, "l1": [0.1, 0.2]})
     sae = sweep.train_stack(rows, lambda b: torch.randn(2, b, 3), 3, 4, steps=1, batch_size=2)
     assert sae.cfg.n_models == 2
+
+
+# ------------------------------------------------------------------------------- public booleans
+def _boolean_calls():
+    """One call per public boolean parameter, each with the value under test (``v``)."""
+    from lib import convergence, corpus, lm, lm_data, stats, toy
+    from lib.activations import harvest
+
+    eye = torch.eye(3)
+    stack = SAE(SAEConfig(3, 4, n_models=1))
+    return {
+        "metrics.mmcs(signed)": ("signed", lambda v: metrics.mmcs(-eye, eye, signed=v)),
+        "metrics.mcc(signed)": ("signed", lambda v: metrics.mcc(-eye, eye, signed=v)),
+        "sweep.train_stack(paired)": ("paired", lambda v: sweep.train_stack(
+            sweep.grid(1, l1=[0.1]), [toy.SphereData(3)], 3, 4, steps=1, batch_size=2, paired=v)),
+        "sweep.train_stack(progress)": ("progress", lambda v: sweep.train_stack(
+            sweep.grid(1, l1=[0.1]), [toy.SphereData(3)], 3, 4, steps=1, batch_size=2, progress=v)),
+        "sweep.ground_truth_scores(signed)": ("signed", lambda v: sweep.ground_truth_scores(stack, eye, signed=v)),
+        "sweep.ground_truth_scores(reports)": ("reports", lambda v: sweep.ground_truth_scores(stack, eye, reports=v)),
+        "toy.ToyData(fast_sampler)": ("fast_sampler", lambda v: toy.ToyData(ToyDataConfig(4, 4), fast_sampler=v)),
+        "stats.fmt(signed)": ("signed", lambda v: stats.fmt(0.5, 0.1, 0.9, signed=v)),
+        "stats.verdict(higher_is_better)": ("higher_is_better", lambda v: stats.verdict(0.1, 0.2, higher_is_better=v)),
+        "convergence.tail_change(relative)": ("relative", lambda v: convergence.tail_change(
+            np.arange(10.0), np.ones(10), relative=v)),
+        "corpus.load_corpus(fallback)": ("fallback", lambda v: corpus.load_corpus(fallback=v)),
+        "lm.load_model(fallback)": ("fallback", lambda v: lm.load_model(fallback=v)),
+        "lm_data.prepare(progress)": ("progress", lambda v: lm_data.prepare(LMDataConfig(), progress=v)),
+        "activations.harvest(progress)": ("progress", lambda v: harvest(
+            [CacheSpec("m", None, 0, 4, 8)], torch.zeros(2, 4, dtype=torch.long), lambda t: {}, progress=v)),
+        "train(progress)": ("progress", lambda v: train(SAE(SAEConfig(3, 4)), lambda b: torch.randn(b, 3),
+                                                        TrainConfig(steps=1, batch_size=2), progress=v)),
+    }
+
+
+@pytest.mark.parametrize("call", list(_boolean_calls()))
+@pytest.mark.parametrize("value", ["no", "false", 0, 1, None])
+def test_public_booleans_refuse_truthy_values(call, value):
+    """A string such as "no" is truthy: it used to switch the option on (mmcs(-I, I, signed="no") gave 0)."""
+    name, fn = _boolean_calls()[call]
+    with pytest.raises(ParameterTypeError, match=rf"^{name} must be a bool \(True or False\), got {re.escape(repr(value))}$"):
+        fn(value)
+
+
+def test_lm_data_config_refuses_repeated_layers():
+    """Refused on construction, not after loading the model and the corpus."""
+    with pytest.raises(ValueError, match=r"^layers must be a non-empty tuple of distinct ints >= 0, got \(3, 3\)$"):
+        LMDataConfig(layers=(3, 3))
+
+
+@given(l1=st.one_of(st.floats(0.01, 10.0).filter(lambda v: v != 0.1), st.tuples(st.just(0.1), st.floats(0.2, 1.0))))
+def test_an_l1_coefficient_for_a_topk_sae_is_refused_before_training(l1):
+    calls = []
+
+    def sample(b):
+        calls.append(b)
+        return torch.randn(*(() if isinstance(l1, float) else (2,)), b, 3)
+
+    m = None if isinstance(l1, float) else 2
+    with pytest.raises(ValueError, match=r"^l1_coeff=.* has no effect with kind='topk'"):
+        train(SAE(SAEConfig(3, 4, "topk", 2, n_models=m)), sample, TrainConfig(steps=2, batch_size=2, l1_coeff=l1),
+              progress=False)
+    assert calls == []  # nothing was trained
+
+
+def test_topk_trains_with_the_default_or_no_l1_coefficient():
+    for l1 in (0.1, 0.0, (0.0, 0.1)):
+        m = 2 if isinstance(l1, tuple) else None
+        lead = () if m is None else (m,)
+        train(SAE(SAEConfig(3, 4, "topk", 2, n_models=m)), lambda b, lead=lead: torch.randn(*lead, b, 3),
+              TrainConfig(steps=2, batch_size=2, l1_coeff=l1), progress=False)

@@ -111,7 +111,7 @@ def test_stepper_stages_freeze_and_switch_off(n_models, method):
         l1_coeff=0.05,
         ortho_weight=0.5,
         stage_size=M,
-        ortho=OrthoConfig(method=method, cache_k=2, refresh_every=3),
+        ortho=OrthoConfig(method=method, **({"cache_k": 2, "refresh_every": 3} if method == "cached" else {})),
     )
     sae = SAE(SAEConfig(d=D, n_latents=N, n_models=n_models))
     init = _latent_params(sae, 0, N)
@@ -192,7 +192,7 @@ def test_train_in_two_stages_via_checkpoint(tmp_path, method):
         stage_size=M,
         log_every=2,
         checkpoint_every=steps // 2,
-        ortho=OrthoConfig(method=method, cache_k=2, refresh_every=4),
+        ortho=OrthoConfig(method=method, **({"cache_k": 2, "refresh_every": 4} if method == "cached" else {})),
     )
     full, res_full = _train(cfg)  # uninterrupted
 

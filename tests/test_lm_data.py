@@ -52,9 +52,11 @@ def test_config_defaults_are_valid():
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"layers": ()}, "layers must be a non-empty tuple of ints >= 0"),
-        ({"layers": (-1,)}, "layers must be a non-empty tuple of ints >= 0"),
-        ({"layers": (0, 1.0)}, "layers must be a non-empty tuple of ints >= 0"),
+        ({"layers": ()}, "layers must be a non-empty tuple of distinct ints >= 0"),
+        ({"layers": (-1,)}, "layers must be a non-empty tuple of distinct ints >= 0"),
+        ({"layers": (0, 1.0)}, "layers must be a non-empty tuple of distinct ints >= 0"),
+        # refused on construction: prepare() used to refuse it only after loading the model and corpus
+        ({"layers": (3, 3)}, r"layers must be a non-empty tuple of distinct ints >= 0, got \(3, 3\)"),
         ({"context": 0}, "context must be a positive int"),
         ({"context": True}, "context must be a positive int"),
         ({"context": 16.0}, "context must be a positive int"),

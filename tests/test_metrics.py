@@ -381,3 +381,38 @@ def test_detector_agreement():
     assert detector_agreement(geo, merged)["geometric_as_merger"] == 1
     with pytest.raises(ValueError, match="different latents"):
         detector_agreement(geo, ActivationCompositionReport([OTHER], [()], np.zeros(1), np.zeros(1)))
+
+
+# ------------------------------------------------------------- integer and numpy inputs (issue 26)
+def test_fvu_accepts_integer_tensors_and_arrays():
+    """An integer x used to raise a raw RuntimeError from torch.mean; integers are converted."""
+    x = torch.tensor([[1, 0], [0, 2], [3, 1]])
+    x_hat = torch.tensor([[1, 0], [0, 1], [2, 1]])
+    want = fvu(x.double(), x_hat.double())
+    for a, b in ((x, x_hat), (x.numpy(), x_hat.numpy()), (x.numpy().astype(np.int32), x_hat.float()), (x > 0, x_hat > 0)):
+        got = fvu(a, b)
+        assert torch.isfinite(got).all()
+    torch.testing.assert_close(fvu(x, x_hat), want)
+    torch.testing.assert_close(fvu(x.numpy(), x_hat.numpy()), want)
+
+
+@pytest.mark.parametrize("convert", [lambda t: t.long(), lambda t: t.numpy(), lambda t: t.numpy().astype(np.int64)])
+def test_ground_truth_metrics_accept_integer_and_numpy_inputs(convert):
+    W = torch.eye(3) * 2
+    assert mmcs(convert(W), convert(W)) == 1.0 and mcc(convert(W), convert(W)) == 1.0
+    assert l0(convert(W)).item() == 1.0 and dead_fraction(convert(W)).item() == 0.0
+
+
+def test_metric_parameters_and_inputs_give_clear_errors():
+    from lib.metrics import activation_compositions, detector_agreement, shared_fraction
+
+    codes, coeffs = _constructed_codes(S=50)
+    with pytest.raises(TypeError, match=r"^threshold must be a number in \(0, 1\], got '0.5'$"):
+        shared_fraction(torch.eye(3), torch.eye(3), threshold="0.5")  # was: '<' not supported ...
+    with pytest.raises(TypeError, match=r"^min_rate must be a number in \(0, 1\], got 'a'$"):
+        activation_compositions(codes, coeffs, min_rate="a")
+    with pytest.raises(TypeError, match=r"^codes must be a tensor or numpy array, got str 'ab'$"):
+        activation_compositions("ab", coeffs)
+    with pytest.raises(TypeError, match=r"^geometric must be a CompositionReport, got int 1$"):
+        detector_agreement(1, 2)  # was: AttributeError
+    activation_compositions(codes, coeffs, max_parts=np.int64(3))  # numpy ints are ints

@@ -497,6 +497,26 @@ def test_bad_config_fields(kw, name):
         OrthoConfig(**kw)
 
 
+@pytest.mark.parametrize(
+    "kw,users",
+    [
+        ({"method": "chunked", "cache_k": 32}, "method='cached' or method='certified'"),
+        ({"method": "ortsae", "cache_k": 4}, "method='cached' or method='certified'"),
+        ({"method": "certified", "refresh_every": 10}, "method='cached'"),
+        ({"method": "active", "ortsae_chunk": 16}, "method='ortsae'"),
+        ({"method": "cached", "check_rows": 0}, "method='certified'"),
+    ],
+)
+def test_an_option_of_another_method_is_refused(kw, users):
+    """It would be silently ignored; at its default it is accepted (every method's default config works)."""
+    name = next(k for k in kw if k != "method")
+    with pytest.raises(ValueError, match=rf"^{name}={kw[name]} has no effect with method='{kw['method']}'; "
+                                         rf"leave it at its default .* or use {users}$"):
+        OrthoConfig(**kw)
+    default = getattr(OrthoConfig(), name)
+    assert getattr(OrthoConfig(**{**kw, name: default}), name) == default
+
+
 # --- 2b. certified --------------------------------------------------------------------------------
 
 
@@ -795,11 +815,16 @@ def _ref_penalty(W, active, shape):
 PEN_METHODS = [*EXACT_METHODS, "cached", "certified"]
 
 
+def _cache_k(method: str, k: int) -> dict:
+    """``cache_k`` for the methods with a cache (the others must leave it at its default)."""
+    return {"cache_k": k} if method in ("cached", "certified") else {}
+
+
 @pytest.mark.parametrize("method", PEN_METHODS)
 @pytest.mark.parametrize("shape", ["neglog", "square"])
 def test_penalty_single_model_active_scope(method, shape):
     W_enc, W_dec, codes, active = _penalty_case()
-    cfg = OrthoConfig(shape=shape, method=method, chunk=3, cache_k=2)
+    cfg = OrthoConfig(shape=shape, method=method, chunk=3, **_cache_k(method, 2))
     cache = cfg.make_cache()
     if isinstance(cache, NeighbourCache):
         cache.refresh(W_dec)
@@ -813,7 +838,7 @@ def test_penalty_single_model_active_scope(method, shape):
 def test_penalty_limit(method):
     W_enc, W_dec, codes, active = _penalty_case()
     limit = 5  # row 5 (row 0's nearest) and the active row 6 do not exist yet
-    cfg = OrthoConfig(shape="neglog", method=method, chunk=2, cache_k=2)
+    cfg = OrthoConfig(shape="neglog", method=method, chunk=2, **_cache_k(method, 2))
     cache = cfg.make_cache()
     if isinstance(cache, NeighbourCache):
         cache.refresh(W_dec[:limit])
@@ -836,7 +861,7 @@ def test_penalty_limit_stacked(method):
     W_dec = _rand(M, n, d, seed=27)
     W_enc = _rand(M, d, n, seed=28)
     codes = torch.relu(_rand(M, 5, n, seed=29))
-    cfg = OrthoConfig(shape="square", method=method, cache_k=1)
+    cfg = OrthoConfig(shape="square", method=method, **_cache_k(method, 1))
     cache = cfg.make_cache()
     if isinstance(cache, NeighbourCache):
         cache.refresh(W_dec[:, :limit])

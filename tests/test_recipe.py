@@ -64,12 +64,44 @@ def test_schedules_must_fit_into_training():
         ("topk", Recipe(resample_every=100, dead_steps=50), "resample_every"),
         ("relu", Recipe(aux_k=3), "aux_k"),
         ("topk", Recipe(decoder_norm="free"), "decoder_norm"),
+        ("topk", Recipe(l1_warmup_steps=10), "l1_warmup_steps=10 has no effect with kind='topk'"),
     ],
 )
 def test_recipe_checked_against_the_sae_kind_before_training(kind, recipe, match):
     sae = SAE(SAEConfig(D, N, kind=kind, k=2 if kind == "topk" else None))
     with pytest.raises(ValueError, match=match):
         train(sae, _sample(), TrainConfig(steps=200, recipe=recipe), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"aux_coeff": 0.5}, r"^aux_coeff=0.5 has no effect with aux_k=None \(no AuxK loss\); .* 0.03125 or use aux_k$"),
+        ({"b_dec_init_samples": 512}, r"^b_dec_init_samples=512 has no effect with b_dec_init='zeros'"),
+    ],
+)
+def test_an_option_of_a_remedy_that_is_off_is_refused(kwargs, match):
+    """It would be silently ignored (Recipe(aux_coeff=0.5) used to train without AuxK)."""
+    with pytest.raises(ValueError, match=match):
+        Recipe(**kwargs)
+    Recipe(aux_k=4, aux_coeff=0.5)
+    Recipe(b_dec_init="mean", b_dec_init_samples=512)
+
+
+@pytest.mark.parametrize("resample_every", [10, 20])
+def test_resampling_scheduled_after_the_last_step_is_refused(resample_every):
+    """Resampling runs after steps k * resample_every < steps: none would happen."""
+    with pytest.raises(ValueError, match=rf"^resample_every={resample_every} must be < steps=10: no resampling"):
+        TrainConfig(steps=10, recipe=Recipe(resample_every=resample_every, dead_steps=5))
+    TrainConfig(steps=resample_every + 1, recipe=Recipe(resample_every=resample_every, dead_steps=5))
+
+
+def test_lm_recipe_of_one_step_does_not_schedule_resampling():
+    from lib.recipe import lm_recipe
+
+    assert lm_recipe("relu", 1, D).resample_every is None
+    TrainConfig(steps=1, recipe=lm_recipe("relu", 1, D))
+    assert lm_recipe("relu", 100, D).resample_every == 20
 
 
 def test_lr_and_l1_schedules():

@@ -21,6 +21,14 @@ def test_write_findings_atomic_and_section_order(tmp_path):
         report.write_result("../x.md", "x", folder=tmp_path)
 
 
+def test_atomic_write_keeps_a_users_file_with_the_old_temporary_name(tmp_path):
+    """The temporary name used to be the fixed ``.<name>.tmp``: a user's file of that name was lost."""
+    (tmp_path / ".summary.json.tmp").write_text("mine")
+    report.atomic_write(tmp_path / "summary.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".summary.json.tmp", "summary.json"]
+    assert (tmp_path / ".summary.json.tmp").read_text() == "mine"
+
+
 def test_render_round_trip(tmp_path):
     readme = f"# T\n\nintro\n\n{report.BEGIN}\nold text\n{report.END}\n\nrest\n"
     new = report.render(readme, "## A\n\nfirst\n")

@@ -37,7 +37,12 @@ def test_setup_threads():
 
 
 @pytest.mark.parametrize(
-    "kw,match", [({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"), ({"threads": 0}, "threads")]
+    "kw,match",
+    [
+        ({"seed": -1}, "seed"), ({"seed": 1.5}, "seed"), ({"threads": 0}, "threads"),
+        ({"seed": True}, r"^seed must be an int >= 0, got True$"),  # used to fail inside torch.manual_seed
+        ({"threads": True}, r"^threads must be a positive int, got True$"),
+    ],
 )
 def test_setup_bad_args(kw, match):
     with pytest.raises(ValueError, match=match):

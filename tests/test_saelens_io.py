@@ -29,7 +29,8 @@ def make_sae(kind: str, k: int | None, d: int = 5, n: int = 12) -> SAE:
 def test_round_trip(tmp_path, kind, k):
     setup(0, threads=1)
     sae = make_sae(kind, k)
-    folder = save_sae_lens(sae, tmp_path / "sae", metadata={"model_name": "tiny", "context_size": 8})
+    folder = save_sae_lens(sae, tmp_path / "sae", metadata={"model_name": "tiny", "hook_name": "blocks.0.hook_resid_post",
+                                                                   "context_size": 8})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]  # no temporary folder left
     weights = safetensors.torch.load_file(str(folder / "sae_weights.safetensors"))
     assert {n: tuple(t.shape) for n, t in weights.items()} == {
@@ -123,7 +124,7 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="normalize_activations"):
         load_sae_lens(folder)
     write({"k": None})
-    with pytest.raises(ValueError, match="k for topk"):
+    with pytest.raises(ValueError, match="cfg.json: k must be a JSON integer >= 1, got null"):
         load_sae_lens(folder)
     write(weights_new=weights | {"extra": torch.zeros(2)})
     with pytest.raises(ValueError, match="tensors must be exactly"):
@@ -150,3 +151,51 @@ def test_load_without_b_dec_on_input(tmp_path):
     with torch.no_grad():
         want = torch.relu(x @ sae.W_enc + sae.b_enc)
         torch.testing.assert_close(loaded.encode(x), want, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind"),
+    [
+        ("apply_b_dec_to_input", "false", "boolean"),  # a truthy string: used to read as true
+        ("apply_b_dec_to_input", 0, "boolean"),
+        ("rescale_acts_by_decoder_norm", "no", "boolean"),
+        ("d_in", 4.7, "integer"),  # used to become 4
+        ("d_in", 5.0, "integer"),
+        ("d_in", True, "integer"),
+        ("d_sae", "12", "integer"),
+        ("k", 3.0, "integer"),
+    ],
+)
+def test_load_reads_cfg_json_by_type(tmp_path, field, value, kind):
+    folder = save_sae_lens(make_sae("topk", 3), tmp_path / "sae")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps(cfg | {field: value}))
+    with pytest.raises(ValueError, match=rf"sae/cfg\.json: {field} must be a JSON {kind}.*, got {json.dumps(value)}$"):
+        load_sae_lens(folder)
+
+
+@pytest.mark.parametrize("name", ["W_enc", "b_enc", "W_dec", "b_dec"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_load_refuses_non_finite_weights_naming_the_tensor(tmp_path, name, value):
+    folder = save_sae_lens(make_sae("relu", None), tmp_path / "sae")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    del cfg["metadata"]["weights_sha256"]  # as in a folder SAELens wrote (the hash is tested elsewhere)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    weights = safetensors.torch.load_file(str(folder / "sae_weights.safetensors"))
+    weights[name].view(-1)[0] = value
+    safetensors.torch.save_file(weights, str(folder / "sae_weights.safetensors"))
+    with pytest.raises(ValueError, match=rf"tensor {name} contains non-finite values"):
+        load_sae_lens(folder)
+
+
+def test_a_models_sae_must_name_its_hook(tmp_path):
+    """SAELens skips an SAE without a hook_name ("No hook found for None") when attaching it."""
+    sae = make_sae("relu", None)
+    with pytest.raises(ValueError, match="names model_name='m' but no hook_name"):
+        save_sae_lens(sae, tmp_path / "a", metadata={"model_name": "m"})
+    for bad in (None, "", 3):
+        with pytest.raises(ValueError, match=r"metadata\['hook_name'\] must be a non-empty str"):
+            save_sae_lens(sae, tmp_path / "a", metadata={"model_name": "m", "hook_name": bad})
+    assert not (tmp_path / "a").exists()  # refused before anything is written
+    folder = save_sae_lens(sae, tmp_path / "a", metadata={"model_name": "m", "hook_name": "blocks.1.hook_resid_post"})
+    assert json.loads((folder / "cfg.json").read_text())["metadata"]["hook_name"] == "blocks.1.hook_resid_post"

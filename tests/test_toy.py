@@ -117,6 +117,20 @@ def test_copula_with_rho_zero_is_independent():
         ToyDataConfig(n_features=4, d=4, rho=0.5)
 
 
+def test_copula_of_blocks_of_one_feature_refuses_rho():
+    """Blocks of one feature have no pairs to correlate: rho used to be ignored silently."""
+    with pytest.raises(ValueError, match=r"^rho=0.5 has no effect with block_size=1 .*or use block_size >= 2$"):
+        ToyDataConfig(n_features=4, d=4, structure="copula", rho=0.5, block_size=1)
+    assert ToyDataConfig(n_features=4, d=4, structure="copula", block_size=1).correlation_matrix() is None
+
+
+@pytest.mark.parametrize("value", ["false", "no", 0, 1, None])
+def test_fast_sampler_must_be_a_bool(value):
+    """fast_sampler="false" is truthy: it used to switch the fast sampler (another random stream) on."""
+    with pytest.raises(TypeError, match=rf"^fast_sampler must be a bool \(True or False\), got {value!r}$"):
+        ToyData(ToyDataConfig(n_features=4, d=4), fast_sampler=value)
+
+
 # --- exclusive sets, amplitudes, p_single -------------------------------------------------------
 
 

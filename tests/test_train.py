@@ -266,3 +266,57 @@ def test_bad_train_config(kw, match):
 def test_negative_ortho_weight_allowed_with_bounded_shape():
     TrainConfig(ortho_weight=-0.1, ortho=OrthoConfig(shape="sigmoid"))
     TrainConfig(ortho_weight=(0.1, -0.1), ortho=OrthoConfig(shape="square"))
+
+
+# ------------------------------------------------------------------------------- issue 26 checks
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_with_the_orthogonality_loss_trains_and_checkpoints_finite_weights(tmp_path, dtype):
+    """The penalty is computed in float32: in half precision its gradient used to be NaN (float16: a
+    NaN checkpoint "kept"; bfloat16: a TypeError when the history was recorded at step 49)."""
+    setup(0, threads=1)
+    sae = SAE(SAEConfig(d=D, n_latents=N)).to(dtype)
+    cfg = TrainConfig(steps=60, batch_size=8, ortho_weight=0.1, checkpoint_every=20)
+    res = train(sae, lambda b: torch.randn(b, D, dtype=dtype), cfg, checkpoint_dir=tmp_path, progress=False)
+    assert res.history["loss"].dtype.kind == "f" and len(res.history["loss"]) == 2  # steps 50 and 60
+    assert all(torch.isfinite(p).all() and p.dtype == dtype for p in sae.parameters())
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 60 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_a_non_finite_gradient_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    setup(0, threads=1)
+    sae = SAE(SAEConfig(d=D, n_latents=N))
+    calls = {"n": 0}
+
+    def poison(g):  # a finite loss whose gradient is NaN, from step 6 on
+        calls["n"] += 1
+        return g * float("nan") if calls["n"] > 6 else g
+
+    sae.W_dec.register_hook(poison)
+    cfg = TrainConfig(steps=12, batch_size=8, checkpoint_every=4)
+    with pytest.raises(FloatingPointError, match=r"^non-finite gradient at step 6 \(parameters \['W_dec'\].*last checkpoint kept"):
+        train(sae, _sampler(_data()), cfg, checkpoint_dir=tmp_path, progress=False)
+    assert torch.isfinite(sae.W_dec).all()  # the step was not taken
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_a_non_finite_gradient_of_a_stack_names_the_model():
+    sae = SAE(SAEConfig(d=D, n_latents=N, n_models=3))
+    sae.b_enc.register_hook(lambda g: g.index_fill(0, torch.tensor([1]), float("inf")))
+    with pytest.raises(FloatingPointError, match=r"parameters \['b_enc'\], models \[1\]"):
+        train(sae, _sampler(_data(), 3), TrainConfig(steps=2, batch_size=8), progress=False)
+
+
+def test_train_refuses_a_dict_for_its_config():
+    with pytest.raises(TypeError, match=r"^cfg must be a TrainConfig, got dict \{'steps': 3\}$"):
+        train(SAE(SAE_CFG), _sampler(_data()), {"steps": 3}, progress=False)
+
+
+@pytest.mark.parametrize("n_models", [None, 2])
+def test_a_batch_with_fewer_rows_than_the_batch_size_is_refused(n_models):
+    """A 1-row batch at batch_size 4 used to train silently."""
+    lead = () if n_models is None else (n_models,)
+    sae = SAE(SAEConfig(d=D, n_latents=N, n_models=n_models))
+    with pytest.raises(ValueError, match=r"^the sampled batch x has 1 row\(s\) .* fewer than batch_size=4"):
+        train(sae, lambda b: torch.randn(*lead, 1, D), TrainConfig(steps=2, batch_size=4), progress=False)

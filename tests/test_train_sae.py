@@ -111,3 +111,40 @@ def test_bad_data_and_foreign_out_folder(tmp_path):
     with pytest.raises(SystemExit, match="^--out .* is not empty and holds no checkpoint"):
         main(_args("toy", mine))
     assert (mine / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--k", "3"], "--k only applies to --kind topk"),
+        (["--kind", "topk", "--k", "3", "--l1-coeff", "0.1"], "--l1-coeff only applies to --kind relu"),
+        (["--ortho-method", "chunked"], "--cache-k only applies to --ortho-method cached or certified"),
+        (["--refresh-every", "10"], "--refresh-every only applies to --ortho-method cached"),
+        (["--data-in-memory"], "--data-in-memory only applies to --data <an activation cache>"),
+    ],
+)
+def test_flags_without_effect_are_refused(tmp_path, extra, message):
+    with pytest.raises(SystemExit, match=f"^{message}.*, which this run does not use$"):
+        main(_args("toy", tmp_path / "x", *extra))
+    assert not (tmp_path / "x").exists()
+
+
+def test_toy_flags_with_a_cache_are_refused(cache_folder, tmp_path):
+    with pytest.raises(SystemExit, match="^--toy-d only applies to --data toy"):
+        main(_args(cache_folder, tmp_path / "x", "--toy-d", "8"))
+
+
+def test_the_output_folder_is_checked_before_training(tmp_path):
+    """Its SAE folder used to be checked only when the SAE was saved, after training."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(SystemExit, match="^--out must be a folder path, got .* which lies under the file"):
+        main(_args("toy", a_file / "run"))
+    run = tmp_path / "run"
+    main(_args("toy", run, "--steps", "4"))
+    before = (run / "checkpoint.pt").read_bytes()
+    (run / "sae" / "cfg.json").write_text('{"architecture": "standard"}')  # an SAE that is not ours
+    with pytest.raises(SystemExit, match=r"^--out .*: folder .*/sae holds an SAE \(cfg.json\) that save_sae_lens did not write"):
+        main(_args("toy", run, "--steps", "8"))  # would resume and train 4 more steps
+    assert (run / "checkpoint.pt").read_bytes() == before  # nothing was trained
+    assert a_file.read_text() == "mine"
