@@ -258,7 +258,8 @@ def run_variants(
     rows, stacks = [], {}
     for v in tqdm(variants, desc=desc):
         torch.manual_seed(seed)  # every variant sees the same data stream, whatever the order
-        axes = {"ortho_weight": v.weights} | ({"l1": l1s} if len(l1s) > 1 else {})
+        # an L1 sweep applies to ReLU variants; a TopK stack has no L1 term (it would train copies)
+        axes = {"ortho_weight": v.weights} | ({"l1": l1s} if len(l1s) > 1 and v.kind == "relu" else {})
         grid = sweep.grid(n_seeds, **axes)
         paired = len(grid) > n_seeds
         if paired and callable(sample):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import safetensors.torch
 
-from lib.report import atomic_write
+from lib.atomic import atomic_write
 
 
 def run_config(procs: int, threads: int, args: argparse.Namespace, folder: Path) -> dict:

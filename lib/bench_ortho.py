@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from lib.atomic import replacing
 from lib.ortho import EXACT_METHODS, METHOD_OPTIONS, PENALTY_SHAPES, OrthoConfig, nn_abs_cos
 from lib.paths import RESULTS
 from lib.reproducibility import setup
@@ -467,9 +468,8 @@ def save_scaling(results: list[Result]) -> None:
 
     df = pd.DataFrame([asdict(r) for r in results])
     RESULTS.mkdir(exist_ok=True)
-    tmp = RESULTS / "ortho_scaling.csv.tmp"
-    df.to_csv(tmp, index=False)
-    tmp.replace(RESULTS / "ortho_scaling.csv")
+    with replacing(RESULTS / "ortho_scaling.csv") as tmp:
+        df.to_csv(tmp, index=False)
     series = {m: g.sort_values("n") for m, g in df.groupby("method", sort=False)}
     fig = plotting.scaling(
         {m: (g.n.to_numpy(), g.amortised_s.to_numpy(), g.peak_rss_mb.to_numpy()) for m, g in series.items()},

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lib.atomic import atomic_write
 from lib.recipe import lm_recipe
-from lib.report import atomic_write
 from lib.reproducibility import setup
 from lib.sae import SAE, SAEConfig
 from lib.train import Stepper, TrainConfig

@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import os
-import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lib.atomic import TMP_MARK, temp_path
+
 MAGIC = b"lib.checkpoint\n"
 FORMAT_VERSION = 2
 _ARRAY = "__numpy_array__"
-_TMP = ".lib-tmp-"  # temporary files: <name>.lib-tmp-<pid>-<random hex>
+_TMP = TMP_MARK  # temporary files: <name>.lib-tmp-<pid>-<random hex> (lib.atomic)
 
 
 class CheckpointError(ValueError):
@@ -130,7 +131,7 @@ def save_checkpoint(path: str | Path, state: dict, finite: Sequence[str] = ()) -
     payload = buf.getvalue()
     header = json.dumps({"version": FORMAT_VERSION, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)})
     # A name of our own pattern, created exclusively ("x"): never a file the user owns.
-    tmp = path.with_name(f"{path.name}{_TMP}{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = temp_path(path)
     created = False
     try:
         with open(tmp, "xb") as f:

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from lib.report import atomic_write
+from lib.atomic import atomic_write
 
 ENV_FILE = Path(__file__).with_name("numerics.env")
 # Set to "1" (the Makefile does) to make setup() refuse unpinned numerics instead of warning.
@@ -152,10 +152,7 @@ def install_kernel(prefix: str | Path, python: str | None = None) -> Path:
         "env": {**pinned_env(), STRICT_VAR: "1"},
         "metadata": {"debugger": True},
     }
-    tmp = folder / "kernel.json.tmp"
-    tmp.write_text(json.dumps(spec, indent=1) + "\n")
-    os.replace(tmp, folder / "kernel.json")
-    return folder / "kernel.json"
+    return atomic_write(folder / "kernel.json", json.dumps(spec, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
+from lib.atomic import replacing
 from lib.paths import FIGURES, OUTPUT_ROOT
 from lib.validation import check_bool
 
@@ -32,9 +33,8 @@ def save_figure(fig: plt.Figure, name: str, folder: Path | None = None) -> Path:
     folder = FIGURES if folder is None else Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
-    tmp = folder / f".{name}.tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    tmp.replace(path)
+    with replacing(path, suffix=".png") as tmp:  # savefig picks the format from the suffix
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
     try:
         return path.relative_to(OUTPUT_ROOT)
     except ValueError:

@@ -26,6 +26,7 @@ import torch
 
 from lib import lm_data, lm_eval, metrics, paths, runs
 from lib.activations import norm_scale
+from lib.atomic import atomic_write, replacing
 from lib.convergence import near_init_fraction
 from lib.recipe import Recipe, lm_recipe
 from lib.reproducibility import setup
@@ -185,9 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     ref = random_reference(a.n_latents, data.train[a.layer].d)
     df["model"] = data.lm.label
     paths.RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = paths.RESULTS / (STUDY_CSV + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(paths.RESULTS / STUDY_CSV)
+    with replacing(paths.RESULTS / STUDY_CSV) as tmp:
+        df.to_csv(tmp, index=False)
     table = summary(df)
     text = (
         f"# Recipe study ({data.lm.label}, block {a.layer}, {a.n_latents} latents, "
@@ -197,9 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         f"shared {ref['shared']:.3f}, match {ref['match']:.3f}).\n\n"
         + table.round(4).to_markdown() + "\n"
     )
-    tmp = paths.RESULTS / (STUDY_MD + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(paths.RESULTS / STUDY_MD)
+    atomic_write(paths.RESULTS / STUDY_MD, text)
     print(text)
 
 

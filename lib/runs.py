@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from lib import store
 from lib.activations import norm_scale
+from lib.atomic import atomic_write, replacing
 from lib.lm_data import LMData
 from lib.ortho import OrthoConfig
 from lib.recipe import Recipe, lm_recipe
@@ -142,18 +142,11 @@ def train_or_load(
             )
         save_sae_lens(sae.cpu(), folder / "sae", input_scale=scale, metadata=metadata)
         if result.snapshots:  # parameters in training units (inputs times ``scale``)
-            tmp = folder / "snapshots.safetensors.tmp"
             flat = {f"{step}/{k}": v.contiguous() for step, sd in result.snapshots.items() for k, v in sd.items()}
-            safetensors.torch.save_file(flat, str(tmp))
-            os.replace(tmp, folder / SNAPSHOTS)
+            with replacing(folder / SNAPSHOTS) as tmp:
+                safetensors.torch.save_file(flat, str(tmp))
         history = {k: np.asarray(v).tolist() for k, v in result.history.items()}
-        tmp = done.with_suffix(".json.tmp")
-        try:
-            tmp.write_text(json.dumps(history))
-            os.replace(tmp, done)  # written last: its presence marks a finished run
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write(done, json.dumps(history))  # written last: its presence marks a finished run
         (folder / "checkpoint.pt").unlink(missing_ok=True)
     sae, _ = load_sae_lens(folder / "sae")
     try:

@@ -378,6 +378,11 @@ def _fit_stack(
     if m == 0:
         raise ValueError("rows is empty: nothing to train")
     _check_hyperparameter_columns(rows)
+    if kind == "topk" and "l1" in rows:
+        raise ValueError(
+            "rows has an 'l1' column but kind='topk': a TopK SAE trains without an L1 term, so the "
+            "column would have no effect; drop it (or use kind='relu')"
+        )
     seed = check_int("seed", seed, 0)
     if init is not None:
         check_callable("init", init)

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from lib import distributed
+from lib.atomic import atomic_write
 from lib.ortho import METHODS, PENALTY_SHAPES, OrthoConfig
-from lib.report import atomic_write
 from lib.reproducibility import setup
 from lib.sae import SAE, SAE_KINDS, SAEConfig
 from lib.train import TrainConfig, train

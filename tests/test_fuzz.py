@@ -797,6 +797,13 @@ def test_train_stack_refuses_columns_it_would_ignore(col, data):
         sweep.train_stack(rows, lambda b: torch.randn(2, b, 3), 3, 4, steps=1, batch_size=2)
 
 
+def test_train_stack_refuses_an_l1_column_for_topk():
+    """A TopK SAE has no L1 term: a per-model l1 column would train identical copies."""
+    rows = sweep.grid(1, l1=[0.1, 0.2])
+    with pytest.raises(ValueError, match="'l1' column but kind='topk'"):
+        sweep.train_stack(rows, lambda b: torch.randn(2, b, 3), 3, 4, kind="topk", k=2, steps=1, batch_size=2)
+
+
 @given(axis=st.one_of(st.floats(), st.text(min_size=1, max_size=4), st.integers(), st.none()))
 def test_grid_axes_must_be_lists(axis):
     with pytest.raises(ERRORS, match="grid axis lr"):
