@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 export TQDM_MININTERVAL ?= 30
 # Extra papermill parameters, e.g. make study PARAMS="-p device cuda -p scale 4"
 PARAMS ?=
-# Trained SAEs live in the committed store results/saes/ (lib/store.py): `make study` trains only
+# Trained SAEs live in the committed store results/saes/ (lib/experiments/store.py): `make study` trains only
 # what is missing there, `make study RETRAIN=1` retrains everything and reports what changed, and
 # `make test` never trains (a missing stored run is an error naming it).
 RETRAIN ?= 0
@@ -22,15 +22,15 @@ NBVAL_CELL_TIMEOUT ?= 3600
 # What nbval checks (e.g. one notebook: make nbval NBVAL_PATHS=notebooks/01_toy_correlated_features.ipynb).
 NBVAL_PATHS ?= $(NOTEBOOKS:.py=.ipynb)
 
-# Pinned numerics (lib/numerics.env, the one definition): every command below runs with the same
+# Pinned numerics (lib/core/numerics.env, the one definition): every command below runs with the same
 # CPU kernels and thread counts, so any x86-64 CPU with AVX2 reproduces the committed numbers to the
 # bit, and setup() refuses to run without them (SAE_STUDY_STRICT_NUMERICS). They are defined for
 # x86-64 only; elsewhere, or with PIN_NUMERICS=0 (e.g. at paper scale on a GPU machine), the
 # libraries choose their own kernels and setup() warns that results agree only statistically.
 PIN_NUMERICS ?= $(if $(filter x86_64 amd64,$(shell uname -m)),1,0)
 ifeq ($(PIN_NUMERICS),1)
-include lib/numerics.env
-export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' lib/numerics.env)
+include lib/core/numerics.env
+export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' lib/core/numerics.env)
 export SAE_STUDY_STRICT_NUMERICS := 1
 endif
 
@@ -39,20 +39,20 @@ RENDERS := $(NOTEBOOKS:.py=.render)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml lib/numerics.env
+$(VENV)/.installed: requirements.txt constraints.txt pyproject.toml lib/core/numerics.env
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -r requirements.txt
-	# editable install: `import lib` works from notebooks/ (papermill, nbval kernels, Jupyter)
+	# editable install: `import sae_ortho` (the folder lib/) works from notebooks/ (papermill, nbval kernels, Jupyter)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	# the Jupyter kernel of this environment starts with the pinned numerics
-	$(PY) -m lib.numerics --install-kernel $(VENV)
+	$(PY) -m sae_ortho.core.numerics --install-kernel $(VENV)
 	touch $@
 
 # After the renders, the README's findings section is regenerated from results/findings_*.md.
 study: setup $(RENDERS)
-	$(PY) -m lib.report
-	$(PY) -m lib.store --verify --report
+	$(PY) -m sae_ortho.reporting.report
+	$(PY) -m sae_ortho.experiments.store --verify --report
 
 # Render one notebook: fresh inputs from the .py source -> papermill -> strip volatile metadata
 # -> replace the committed .ipynb only when the run succeeded.
@@ -91,7 +91,7 @@ retrain-check: setup
 	HF_HUB_OFFLINE=1 SAE_STUDY_STORE=require $(VENV)/bin/python -m pytest -q tests/after_nbval
 
 store-check: setup
-	$(PY) -m lib.store --verify
+	$(PY) -m sae_ortho.experiments.store --verify
 
 # nbval checks every notebook's checked cells against the committed render, reading the store, on
 # perturbed inputs: what passes there passes on any CPU (`make nbval` is the unperturbed run).
@@ -99,8 +99,8 @@ test: lint store-check unit nbval-perturbed retrain-check
 
 # Which kernels this machine runs under the Makefile's settings, and what pinning costs here.
 numerics: setup
-	$(PY) -m lib.numerics --check
-	$(PY) -m lib.numerics --bench --out results/numerics_bench.md
+	$(PY) -m sae_ortho.core.numerics --check
+	$(PY) -m sae_ortho.bench.numerics --bench --out results/numerics_bench.md
 
 clean:
 	rm -rf $(VENV) notebooks/*.tmp.ipynb

@@ -20,8 +20,7 @@ from scipy.optimize import linear_sum_assignment, nnls
 from scipy.signal import find_peaks
 from torch import Tensor
 
-from lib.ortho import nearest_neighbour_abs_cos
-from lib.validation import (
+from sae_ortho.core.validation import (
     ParameterTypeError,
     check_bool,
     check_float,
@@ -29,6 +28,7 @@ from lib.validation import (
     check_int,
     check_tensor,
 )
+from sae_ortho.ortho import nearest_neighbour_abs_cos
 
 # Per-feature recovery status (see detect_compositions).
 ALONE, IN_COMBINATION, MISSED = "alone", "in combination", "missed"

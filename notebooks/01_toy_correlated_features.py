@@ -29,17 +29,17 @@
 #   dictionary size.
 #
 # **How the answers are checked.** Every condition is trained on the same data stream and from the
-# same initialisation for a given seed (paired stacks, `lib.sweep.train_stack(paired=True)`), so
+# same initialisation for a given seed (paired stacks, `sae_ortho.experiments.sweep.train_stack(paired=True)`), so
 # conditions are compared seed by seed: each comparison is a mean paired difference with a
-# bootstrap 95% interval (`lib.stats`), and a verdict says "better"/"worse" only when the interval
+# bootstrap 95% interval (`sae_ortho.analysis.stats`), and a verdict says "better"/"worse" only when the interval
 # excludes zero. Wherever compositions are counted, every SAE is also scored on the vanilla and the
 # penalised objective and compared with SAEs started at the ground truth: if those reach a lower
 # vanilla objective, the vanilla SAEs' compositions are where optimisation stopped, not the
-# objective's optimum (`lib.objective.attribution`). Compositions are detected twice: by decoder
-# geometry (`lib.metrics.detect_compositions`) and by what a latent fires on
-# (`lib.metrics.activation_compositions`). Every number in the findings is formatted from this
+# objective's optimum (`sae_ortho.analysis.objective.attribution`). Compositions are detected twice: by decoder
+# geometry (`sae_ortho.metrics.detect_compositions`) and by what a latent fires on
+# (`sae_ortho.metrics.activation_compositions`). Every number in the findings is formatted from this
 # run's tables and every claim is asserted; the findings are written to `results/findings_01.md`,
-# from which the README's findings section is generated (`python -m lib.report`).
+# from which the README's findings section is generated (`python -m sae_ortho.reporting.report`).
 
 # %% tags=["parameters"]
 seed: int = 0
@@ -94,23 +94,15 @@ import torch
 from IPython.display import Markdown, display
 from tqdm import tqdm
 
-from lib import (
-    constructions,
-    frontier,
-    metrics,
-    objective,
-    optimum,
-    plotting,
-    report,
-    stats,
-    store,
-    sweep,
-    toy,
-)
-from lib.ortho import OrthoConfig
-from lib.reproducibility import setup
+from sae_ortho import metrics
+from sae_ortho.analysis import frontier, objective, optimum, stats
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data import constructions, toy
+from sae_ortho.experiments import store, sweep
+from sae_ortho.ortho import OrthoConfig
+from sae_ortho.reporting import plotting, report
 
-PARAMS = store.params(globals())  # the key of this notebook's stored SAEs (lib.store)
+PARAMS = store.params(globals())  # the key of this notebook's stored SAEs (sae_ortho.experiments.store)
 setup(seed, threads)
 pd.set_option("display.width", 200)
 pd.set_option("display.precision", 3)  # checked tables print at a resolution above other CPUs' rounding
@@ -148,7 +140,7 @@ def ci(df: pd.DataFrame, metric: str, by: list[str], digits: int = 2) -> dict:
 
 def paired(df: pd.DataFrame, condition: str, reference, metrics_: list[str], by: list[str] = (),
            higher: dict | bool = True, pair_on=("seed",)) -> pd.DataFrame:
-    """Paired differences (condition - reference) with intervals and verdicts (lib.stats.compare)."""
+    """Paired differences (condition - reference) with intervals and verdicts (sae_ortho.analysis.stats.compare)."""
     out = stats.compare(df, condition, reference, metrics_, higher, pair_on=pair_on, by=list(by))
     # L0 is a mean count: one code crossing zero moves it by 1/n_eval, so it prints at 1 decimal
     out["text"] = [stats.fmt_row(r, 1 if r.metric == "l0" else 2) for _, r in out.iterrows()]
@@ -170,7 +162,7 @@ def frac(x: float) -> str:
 #
 # **The optima, independently of training.** For a decoder D (4 unit rows) and decoder bias b,
 # no encoder can beat the per-sample non-negative lasso min_c ||x - b - cD||² + λ|c|₁; in 2-D it
-# is solved exactly by enumerating supports of size ≤ 2 (`lib.optimum`). Its mean over a fixed
+# is solved exactly by enumerating supports of size ≤ 2 (`sae_ortho.analysis.optimum`). Its mean over a fixed
 # evaluation set, minimised over all sorted 4-tuples of decoder angles on a 15° grid and refined
 # by gradient descent, is the *vanilla* optimum. The *penalised* optimum adds λ_orth times the
 # orthogonality penalty of the decoder rows to the same search (every latent counted as active,
@@ -475,10 +467,10 @@ display(Markdown(FINDINGS["Q1"]))
 # - **default**: a random orthogonal embedding when d ≥ F, else random unit directions
 #   (superposition) — dimension and superposition change together;
 # - **isometric**: the d = 2 geometry itself (the same F directions in a plane), placed in R^d by a
-#   random orthonormal 2-frame (`lib.toy.isometric_embedding`): the *same problem* with more
+#   random orthonormal 2-frame (`sae_ortho.data.toy.isometric_embedding`): the *same problem* with more
 #   parameters, which is what the "too few parameters in 2-D" hypothesis needs. Its optimum is the
 #   2-D optimum in the plane (components out of the plane only add error and L1), so for the 2x2
-#   structure every SAE is scored against the exact 2-D optimum (`lib.optimum`) as in Q1.
+#   structure every SAE is scored against the exact 2-D optimum (`sae_ortho.analysis.optimum`) as in Q1.
 #
 # Amplitudes shared (exp. 1-like) or independent (exp. 2-like); SAEs have as many latents as
 # true features; three conditions: vanilla with tied and with independent initialisation, and the
@@ -1012,7 +1004,7 @@ display(Markdown(FINDINGS["Q5"]))
 # ## The findings, written for the README
 #
 # The findings above, in one file (`results/findings_01.md`), and the key tables
-# (`results/toy_01_tables.md`); `python -m lib.report` puts the findings into the README.
+# (`results/toy_01_tables.md`); `python -m sae_ortho.reporting.report` puts the findings into the README.
 
 # %%
 header = (f"## Findings on toy data (notebook 01: {n_seeds} seeds, λ_orth = {W_ORTHO:g}; every interval is a bootstrap "

@@ -23,10 +23,10 @@
 # dimensions are already nearly orthogonal (their nearest-neighbour |cos| is what a "peak at
 # 0.15" looks like), and a dictionary still near its random initialisation reconstructs most of
 # the variance of a residual stream dominated by a few directions. So every SAE here is trained
-# with the recipe of SAELens / dictionary_learning (`lib.recipe.lm_recipe`: b_dec at the data's
+# with the recipe of SAELens / dictionary_learning (`sae_ortho.training.recipe.lm_recipe`: b_dec at the data's
 # geometric median, learning-rate warm-up and decay, L1 warm-up, gradient clipping, dead-latent
 # resampling or AuxK), chosen by the recipe study below, and every number comes with its
-# **convergence gates** (`lib.convergence`) and a **random-dictionary reference** of the same
+# **convergence gates** (`sae_ortho.analysis.convergence`) and a **random-dictionary reference** of the same
 # shape. A claim about features is made only for SAEs that pass their gates.
 #
 # The target is `EleutherAI/pythia-70m-deduped` (residual stream after block 3). **When the Hugging
@@ -70,9 +70,14 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from lib import convergence, lm, lm_data, lm_eval, metrics, paths, plotting, recipe_study, report, runs, sweep
-from lib.ortho import OrthoConfig
-from lib.reproducibility import setup
+from sae_ortho import metrics
+from sae_ortho.analysis import convergence, lm_eval
+from sae_ortho.core import paths
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data import lm, lm_data
+from sae_ortho.experiments import recipe_study, runs, sweep
+from sae_ortho.ortho import OrthoConfig
+from sae_ortho.reporting import plotting, report
 
 setup(seed, threads)
 pd.set_option("display.width", 180)
@@ -129,7 +134,7 @@ print(f"residual norm after block {layer}: position 0 {norms[:, 0].mean():.0f}, 
 # %% [markdown]
 # ## The training recipe, chosen by measurement
 #
-# `python -m lib.recipe_study` trained one SAE of this notebook's shape per recipe and seed (two
+# `python -m sae_ortho.experiments.recipe_study` trained one SAE of this notebook's shape per recipe and seed (two
 # seeds) on these cached activations, from the plain loop of this notebook's first version
 # (batch 1024, no schedule) to the SAELens / dictionary_learning recipe and variants of it, and
 # measured FVE, L0, dead latents, the near-init fraction and the cross-seed agreement at four
@@ -167,7 +172,7 @@ print(f"recipe study made with this notebook's model and token budget: {same_set
 # Inputs are scaled so that their mean squared norm is d (as SAELens and dictionary_learning do);
 # the scale is folded into the saved weights. Every SAE draws `sae_tokens` activations (with
 # replacement) from the cache. A finished run is loaded from the study's store `results/saes/lm/`
-# instead of retrained (the folder name carries a hash of its configuration; `lib.store`). The orthogonality SAE is the study's
+# instead of retrained (the folder name carries a hash of its configuration; `sae_ortho.experiments.store`). The orthogonality SAE is the study's
 # proposal (nearest-neighbour |cos| of decoder rows, ties → mean, penalty on active latents with
 # gradient into their neighbours, −log(1−|cos|)), computed exactly over all latents every step.
 
@@ -359,7 +364,7 @@ print(q7[q7.layer == other_layer][["kind", "l0", "fve", "fvu_dim", "dead", "ce_i
 import sae_lens  # a slow import, only needed here
 
 folder = runs.lm_run_folder(data, layer, SPECS["vanilla"], seed) / "sae"
-# stored in float16 (lib.store); computed in float32 as ours
+# stored in float16 (sae_ortho.experiments.store); computed in float32 as ours
 theirs = sae_lens.SAE.load_from_disk(str(folder), dtype="float32")
 x = x_eval[layer][:256].float()
 ours = saes[("vanilla", layer, 0)]

@@ -16,7 +16,7 @@
 #   nearest neighbour. Does it create combination latents, measurably? On toy data with known
 #   ground truth (the composition detector of notebook 01) and on language-model activations
 #   (latents whose decoder direction is a sparse non-negative combination of a vanilla SAE's
-#   latents, `lib.decompose`), over a sweep of negative weights and seeds.
+#   latents, `sae_ortho.analysis.decompose`), over a sweep of negative weights and seeds.
 # - **Q10** synthetic data whose ground-truth features are decoder directions of a vanilla SAE
 #   trained on the language model ("atoms") plus sums of pairs and triples of them, each sum firing
 #   as one unit. Do vanilla and orthogonality SAEs learn each atom and each sum alone, only as a
@@ -28,7 +28,7 @@
 # run; spread is the standard deviation over seeds. The language-model part reuses notebook 02's
 # cached activations and converged vanilla SAE when they exist (same parameters), and computes
 # them when this notebook runs alone; its own SAEs are trained with the same recipe
-# (`lib.recipe.lm_recipe`) and pass or fail the same convergence gates (`lib.convergence`).
+# (`sae_ortho.training.recipe.lm_recipe`) and pass or fail the same convergence gates (`sae_ortho.analysis.convergence`).
 
 # %% tags=["parameters"]
 seed: int = 0
@@ -75,25 +75,15 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from lib import (
-    convergence,
-    decompose,
-    lm_data,
-    lm_eval,
-    metrics,
-    plotting,
-    report,
-    runs,
-    stats,
-    store,
-    summed,
-    sweep,
-    toy,
-)
-from lib.ortho import OrthoConfig
-from lib.reproducibility import setup
+from sae_ortho import metrics
+from sae_ortho.analysis import convergence, decompose, lm_eval, stats, summed
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data import lm_data, toy
+from sae_ortho.experiments import runs, store, sweep
+from sae_ortho.ortho import OrthoConfig
+from sae_ortho.reporting import plotting, report
 
-PARAMS = store.params(globals())  # the key of this notebook's stored SAEs (lib.store)
+PARAMS = store.params(globals())  # the key of this notebook's stored SAEs (sae_ortho.experiments.store)
 setup(seed, threads)
 pd.set_option("display.width", 160)
 pd.set_option("display.precision", 3)  # checked tables print at a resolution above other CPUs' rounding
@@ -151,7 +141,7 @@ print(sweep.mean_std(q9_toy, ["ortho_weight"], ["n_compositions", "alone", "in_c
 # O(10-100) per token and the weights are on that scale), with the LM recipe. A latent counts as a
 # *combination* when its decoder direction is fitted by a non-negative combination of 2-3 latents
 # with cos ≥ 0.9, each carrying ≥ 15% of the weight, and at least 0.05 better than the best single
-# latent (`lib.decompose.is_combination`), measured two ways: against the reference's latents,
+# latent (`sae_ortho.analysis.decompose.is_combination`), measured two ways: against the reference's latents,
 # and against the SAE's *own* other latents (self-decomposition, which needs no reference). The
 # λ = 0 runs are the control (notebook 02's vanilla SAEs, seeds 0 to n_seeds - 1, so seed 0 is
 # also the reference); the convergence gates of every SAE are printed with them.

@@ -29,7 +29,7 @@
 # seeds. Every variant sees the same data stream and starts from the same initialisation for a
 # given seed, so variants are compared with the proposal seed by seed: a mean paired difference
 # with a bootstrap 95% interval, and a verdict ("better" / "worse") only where the interval
-# excludes zero (`lib.stats`). Penalty shapes and reductions differ in effective strength (the
+# excludes zero (`sae_ortho.analysis.stats`). Penalty shapes and reductions differ in effective strength (the
 # slope of the penalty at the |cos| a dictionary has), so for those the weight is tuned per
 # variant over a small grid and each is compared at its best weight with the proposal at its best.
 # Two settings are built on purpose: duplicated decoder rows (ties at |cos| ≈ 1, where a
@@ -88,26 +88,17 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from lib import (
-    ablations,
-    constructions,
-    lm_data,
-    metrics,
-    objective,
-    paths,
-    plotting,
-    report,
-    runs,
-    stats,
-    store,
-    sweep,
-    toy,
-)
-from lib.ortho import OrthoConfig
-from lib.reproducibility import setup
-from lib.sae import SAE, SAEConfig
+from sae_ortho import metrics
+from sae_ortho.analysis import objective, stats
+from sae_ortho.core import paths
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data import constructions, lm_data, toy
+from sae_ortho.experiments import ablations, runs, store, sweep
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.ortho import OrthoConfig
+from sae_ortho.reporting import plotting, report
 
-PARAMS = store.params(globals())  # the key of this notebook's stored SAEs (lib.store)
+PARAMS = store.params(globals())  # the key of this notebook's stored SAEs (sae_ortho.experiments.store)
 setup(seed, threads)
 pd.set_option("display.width", 200)
 pd.set_option("display.precision", 3)  # checked tables print at a resolution above other CPUs' rounding
@@ -545,7 +536,7 @@ print(lm_ce.ce_recovered.round(3).to_string())
 # %% [markdown]
 # ## Q12 · The cost of the penalty
 #
-# From the orthogonality benchmark (`python -m lib.bench_ortho --scaling`, run on 2 CPU cores at
+# From the orthogonality benchmark (`python -m sae_ortho.bench.bench_ortho --scaling`, run on 2 CPU cores at
 # d = 768, batch 1024; `results/ortho_scaling.csv`). Each method's training step time (amortised
 # over cache refreshes) and peak memory against the dictionary size n, with the vanilla step for
 # reference. The table gives the ratio to the vanilla step and the exactness of the chosen

@@ -34,7 +34,7 @@
 # protocol trains width-4096 SAEs on 200M samples (15-20 minutes per SAE on an H100). The hub copy
 # cannot be downloaded here, so the model is **built locally from the same config and seed**, and
 # by default at a **proportionally scaled-down size** (same structure and ratios, see
-# `lib.synthbench.scaled`) that a CPU can train; every title says which. The published protocol is
+# `sae_ortho.data.synthbench.scaled`) that a CPU can train; every title says which. The published protocol is
 # a matter of parameters: `-p n_features 16384 -p hidden_dim 768 -p width 4096 -p samples 200000000
 # -p device cuda` (batch 1024 and lr 3e-4 then follow, and the k values follow the true L0; the L1
 # coefficients `l1_coeffs` and `peer_l1_coeffs` must be chosen for that scale).
@@ -70,10 +70,11 @@ import seaborn as sns
 import torch
 from IPython.display import Markdown, display
 
-from lib import frontier, plotting, report
-from lib import synthbench as sb
-from lib import synthbench_runs as sr
-from lib.reproducibility import setup
+from sae_ortho.analysis import frontier
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data import synthbench as sb
+from sae_ortho.experiments import synthbench_runs as sr
+from sae_ortho.reporting import plotting, report
 
 setup(seed, threads)
 pd.set_option("display.width", 170)
@@ -93,7 +94,7 @@ print(f"protocol: batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.steps:,} optimiser
 # %% [markdown]
 # ## The benchmark, built locally
 #
-# `lib.synthbench.scaled` keeps every field of the 16k config except the sizes: hidden dimension
+# `sae_ortho.data.synthbench.scaled` keeps every field of the 16k config except the sizes: hidden dimension
 # n/21.33 (the superposition ratio), SAE width n/4, and n·128/16384 hierarchy trees of the same
 # shape (branching 4, depth 3: 85 features each, so 2/3 of the features lie in trees). Firing
 # probabilities are per frequency rank as in the 16k model (Zipf exponent 0.5 from 0.4 to 5e-4), so
@@ -156,7 +157,7 @@ print(f"k values (TopK, BatchTopK, Matryoshka): {ks}")
 # dimension; ReLU+L1 in one stack, TopK one stack per k). Same samples, order, batch size, lr and
 # number of steps for all. A seed means the same initialisation for every setting of this
 # project's SAEs (paired seeds); SAELens initialises its own. This project's SAEs train with the
-# study's recipe (`lib.recipe.lm_recipe`: lr warm-up and decay, L1 warm-up, gradient clipping,
+# study's recipe (`sae_ortho.training.recipe.lm_recipe`: lr warm-up and decay, L1 warm-up, gradient clipping,
 # b_dec at the geometric median, resampling for ReLU, AuxK for TopK), as SAELens's runner trains
 # its peers with its own; SAELens's dead-feature windows are scaled to the run's length
 # (`sr.peer_windows`: its default of 1000 steps would be the whole CPU-scale run).
@@ -200,9 +201,9 @@ print(df.groupby(["setting", "sparsity"], sort=False)[cols].mean().round(3).to_s
 # %% [markdown]
 # ### Two evaluators on the same SAEs
 #
-# SAELens's MCC (`mean_correlation_coefficient`) and this project's `lib.metrics.mcc` (both
+# SAELens's MCC (`mean_correlation_coefficient`) and this project's `sae_ortho.metrics.mcc` (both
 # Hungarian matching of |cos| between decoder rows and true features) on every SAE of the run,
-# and SAELens's L0 and explained variance next to `lib.metrics.l0` and 1 − `lib.metrics.fvu`.
+# and SAELens's L0 and explained variance next to `sae_ortho.metrics.l0` and 1 − `sae_ortho.metrics.fvu`.
 
 # %%
 agree = {
@@ -219,7 +220,7 @@ assert agree["L0"] < 1e-3 and agree["explained variance"] < 1e-3, agree
 # ### Convergence
 #
 # A run counts as converged when its training loss fell by less than 2% over the last 20% of the
-# steps (`lib.convergence.tail_change`); how far the decoder rows moved from their initialisation is
+# steps (`sae_ortho.analysis.convergence.tail_change`); how far the decoder rows moved from their initialisation is
 # shown beside it (mean row cosine with the initial row; random rows in this many dimensions are
 # already spread out, so a decoder that has barely moved has learnt little).
 
@@ -273,7 +274,7 @@ plotting.save_figure(fig, "05_frontier")
 # ### At matched L0, paired by seed
 #
 # Each seed's curve is interpolated at common L0 values (linearly in log L0, inside the range every
-# curve covers; `lib.frontier`), then methods are compared seed by seed: mean difference and its
+# curve covers; `sae_ortho.analysis.frontier`), then methods are compared seed by seed: mean difference and its
 # 95% t-interval over the seeds.
 
 # %%
@@ -366,7 +367,7 @@ plotting.save_figure(fig, "05_lambda")
 # %% [markdown]
 # ## Hierarchy readout: absorption and parent/child compositions
 #
-# From the generator's ground truth (`lib.hierarchy_readout`), per SAE:
+# From the generator's ground truth (`sae_ortho.analysis.hierarchy_readout`), per SAE:
 #
 # - **absorption**: for each parent feature with a matched latent (decoder cos ≥ 0.5),
 #   1 − P(latent fires | parent and a child fire) / P(latent fires | parent fires alone), averaged

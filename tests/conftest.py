@@ -37,10 +37,11 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny randomly initialised GPT-NeoX saved with save_pretrained and loaded through lib.lm."""
-    from lib import lm  # imported here: most test modules never need transformers
+    """A tiny randomly initialised GPT-NeoX saved with save_pretrained and loaded through sae_ortho.data.lm."""
+    from sae_ortho.data import lm  # imported here: most test modules never need transformers
+    from tests.helpers import tiny_gpt_neox
 
-    folder = lm.tiny_gpt_neox(tmp_path_factory.mktemp("tiny-neox"), n_layers=3, d_model=32)
+    folder = tiny_gpt_neox(tmp_path_factory.mktemp("tiny-neox"), n_layers=3, d_model=32)
     return lm.load_model(str(folder), fallback=False)
 
 
@@ -54,7 +55,7 @@ def tokens(tiny) -> torch.Tensor:
 def _private_store(request, tmp_path_factory, monkeypatch):
     """Tests train into a private store, never into the committed one (results/saes), and see the
     store modes unset; tests marked ``real_store`` read the committed store."""
-    from lib import store
+    from sae_ortho.experiments import store
 
     monkeypatch.delenv(store.PERTURB_VAR, raising=False)
     if request.node.get_closest_marker("real_store"):

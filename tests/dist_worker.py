@@ -16,18 +16,18 @@ import sys
 
 import torch
 
-from lib import distributed
-from lib.ortho import METHOD_OPTIONS, CertifiedCache, NeighbourCache, OrthoConfig, nn_abs_cos
-from lib.reproducibility import setup
-from lib.sae import SAE, SAEConfig
-from lib.train import TrainConfig, train
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.ortho import METHOD_OPTIONS, CertifiedCache, NeighbourCache, OrthoConfig, nn_abs_cos
+from sae_ortho.training import distributed
+from sae_ortho.training.train import TrainConfig, train
 
 D, N = 8, 12
 
 
 class SparseData:
     """x = relu(z - 0.8) @ directions, z standard normal: 10 sparse non-negative features in D dims
-    (drawn from the global generator, as train() expects; lib.toy is slower to import)."""
+    (drawn from the global generator, as train() expects; sae_ortho.data.toy is slower to import)."""
 
     def __init__(self):
         self.directions = torch.nn.functional.normalize(torch.randn(10, D, generator=torch.Generator().manual_seed(0)), dim=-1)

@@ -1,4 +1,4 @@
-"""Tests of lib.ablations: variants, training them as stacks over seeds, and the summary table."""
+"""Tests of sae_ortho.experiments.ablations: variants, training them as stacks over seeds, and the summary table."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import ablations, metrics, sweep
-from lib.ablations import Variant
-from lib.ortho import OrthoConfig
-from lib.reproducibility import setup
-from lib.toy import ToyData, ToyDataConfig
+from sae_ortho import metrics
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data.toy import ToyData, ToyDataConfig
+from sae_ortho.experiments import ablations, sweep
+from sae_ortho.experiments.ablations import Variant
+from sae_ortho.ortho import OrthoConfig
 
 F, D, N, SEEDS, STEPS, BATCH = 8, 8, 12, 2, 50, 32
 
@@ -313,7 +314,7 @@ def test_weight_factors_train_paired_and_best_weight(toy):
 
 
 def test_run_variants_objectives_and_activation_scores(toy):
-    from lib import objective
+    from sae_ortho.analysis import objective
 
     data, _ = toy
     setup(0, threads=1)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from lib import ablations, lm, lm_data, runs
-from lib.ortho import OrthoConfig
+from sae_ortho.data import lm_data
+from sae_ortho.experiments import ablations, runs
+from sae_ortho.ortho import OrthoConfig
+from tests.helpers import tiny_gpt_neox
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = lm.tiny_gpt_neox(tmp_path_factory.mktemp("models") / "neox", n_layers=2, d_model=16)
+    folder = tiny_gpt_neox(tmp_path_factory.mktemp("models") / "neox", n_layers=2, d_model=16)
     cfg = lm_data.LMDataConfig(model=str(folder), layers=(1,), context=16, train_tokens=1500, eval_tokens=300,
                                corpus="pydoc-topics", batch_size=32, fallback=False)
     return lm_data.prepare(cfg, root=tmp_path_factory.mktemp("cache"), progress=False)

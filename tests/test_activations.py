@@ -1,4 +1,4 @@
-"""Tests of lib.activations: the on-disk activation cache, with a fake (deterministic) forward."""
+"""Tests of sae_ortho.data.activations: the on-disk activation cache, with a fake (deterministic) forward."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from collections import namedtuple
 import pytest
 import torch
 
-from lib import activations
-from lib.activations import ActivationStore, CacheError, CacheSpec, harvest, norm_scale, open_cache
+from sae_ortho.data import activations
+from sae_ortho.data.activations import ActivationStore, CacheError, CacheSpec, harvest, norm_scale, open_cache
 
 D = 6
 

@@ -1,10 +1,10 @@
-"""Tests of lib.atomic, the one writer: complete files or none, never a user's file touched."""
+"""Tests of sae_ortho.core.atomic, the one writer: complete files or none, never a user's file touched."""
 
 from __future__ import annotations
 
 import pytest
 
-from lib import atomic
+from sae_ortho.core import atomic
 
 
 def test_atomic_write_text_and_bytes(tmp_path):

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark CLI ``python -m lib.bench_ortho`` (one subprocess per method)."""
+"""Smoke test of the benchmark CLI ``python -m sae_ortho.bench.bench_ortho`` (one subprocess per method)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lib.bench_ortho import METHODS
-from lib.ortho import EXACT_METHODS
+from sae_ortho.bench.bench_ortho import METHODS
+from sae_ortho.ortho import EXACT_METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY = re.compile(r"n=256 d=32 best=\w+ overhead=[0-9.]+ agreement=[0-9.]+ vanilla_vs_matmul=[0-9.]+")
@@ -18,7 +18,7 @@ SUMMARY = re.compile(r"n=256 d=32 best=\w+ overhead=[0-9.]+ agreement=[0-9.]+ va
 
 def _bench(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "lib.bench_ortho", *args],
+        [sys.executable, "-m", "sae_ortho.bench.bench_ortho", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,4 +1,4 @@
-"""Tests of lib.constructions: duplicated latents and planted blockers as starting points."""
+"""Tests of sae_ortho.data.constructions: duplicated latents and planted blockers as starting points."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from lib import constructions
-from lib.ortho import nearest_neighbour_abs_cos
-from lib.sae import SAE, SAEConfig
-from lib.toy import random_directions
+from sae_ortho.data import constructions
+from sae_ortho.data.toy import random_directions
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.ortho import nearest_neighbour_abs_cos
 
 
 def make_sae(d: int, n: int, n_models: int | None = None, seed: int = 0) -> SAE:

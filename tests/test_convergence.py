@@ -1,4 +1,4 @@
-"""Tests of lib.convergence (gates) and the one-to-one shared fraction of lib.metrics."""
+"""Tests of sae_ortho.analysis.convergence (gates) and the one-to-one shared fraction of sae_ortho.metrics."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib import convergence as cv
-from lib import metrics
+from sae_ortho import metrics
+from sae_ortho.analysis import convergence as cv
 
 
 def test_near_init_fraction_counts_rows_that_did_not_move():

@@ -1,17 +1,17 @@
-"""lib.corpus: tokenisation into rows, and the always-available pydoc-topics corpus (no downloads)."""
+"""sae_ortho.data.corpus: tokenisation into rows, and the always-available pydoc-topics corpus (no downloads)."""
 
 from __future__ import annotations
 
 import pytest
 from transformers import AutoTokenizer
 
-from lib import lm
-from lib.corpus import CORPORA, load_corpus, tokenize
+from sae_ortho.data.corpus import CORPORA, load_corpus, tokenize
+from tests.helpers import tiny_gpt_neox
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    return AutoTokenizer.from_pretrained(lm.tiny_gpt_neox(tmp_path_factory.mktemp("tiny-neox")))
+    return AutoTokenizer.from_pretrained(tiny_gpt_neox(tmp_path_factory.mktemp("tiny-neox")))
 
 
 def test_tokenize_shapes_and_eos(tok):
@@ -78,7 +78,7 @@ def test_load_corpus_errors(tmp_path):
 
 
 def test_fallback_chain(monkeypatch, tmp_path, capsys):
-    from lib import corpus
+    from sae_ortho.data import corpus
 
     real = corpus._documents
 

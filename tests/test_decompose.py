@@ -1,4 +1,4 @@
-"""Tests of lib.decompose on cases with known answers, and against a brute-force scipy NNLS."""
+"""Tests of sae_ortho.analysis.decompose on cases with known answers, and against a brute-force scipy NNLS."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.optimize import nnls
 
-from lib.decompose import (
+from sae_ortho.analysis.decompose import (
     Decomposition,
     combination_fraction,
     decompose,

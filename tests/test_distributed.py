@@ -1,4 +1,4 @@
-"""Multi-process tests of lib.distributed and data-parallel lib.train (gloo, 2 processes on CPU).
+"""Multi-process tests of sae_ortho.training.distributed and data-parallel sae_ortho.training.train (gloo, 2 processes on CPU).
 
 The processes are started by the tests (tests/dist_worker.py, with the environment torchrun
 sets), one thread each, with a short collective timeout and a wall-clock limit on every launch.
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import distributed
-from lib.checkpoint import load_checkpoint
+from sae_ortho.training import distributed
+from sae_ortho.training.checkpoint import load_checkpoint
 from tests import dist_worker
 
 ROOT = Path(__file__).resolve().parent.parent

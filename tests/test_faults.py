@@ -23,11 +23,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import activations, runs
-from lib.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from lib.sae import SAE, SAEConfig
-from lib.saelens_io import load_sae_lens, save_sae_lens
-from lib.train import TrainConfig, train
+from sae_ortho.data import activations
+from sae_ortho.experiments import runs
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.models.saelens_io import load_sae_lens, save_sae_lens
+from sae_ortho.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from sae_ortho.training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 D, N = 4, 6
@@ -83,9 +84,9 @@ CHILD = textwrap.dedent(
     """
     import sys, time, torch
     torch.set_num_threads(1)
-    from lib import checkpoint
-    from lib.sae import SAE, SAEConfig
-    from lib.train import TrainConfig, train
+    from sae_ortho.training import checkpoint
+    from sae_ortho.models.sae import SAE, SAEConfig
+    from sae_ortho.training.train import TrainConfig, train
 
     where, folder = sys.argv[1], sys.argv[2]
     cfg = TrainConfig(steps=20, batch_size=16, lr=1e-2, l1_coeff=0.05, ortho_weight=0.1, log_every=3,
@@ -185,7 +186,7 @@ def test_kill_9_during_training_resumes_bit_identically(tmp_path, where, last_go
 CACHE_CHILD = textwrap.dedent(
     """
     import sys, time, torch
-    from lib import activations
+    from sae_ortho.data import activations
     activations.SHARD_BYTES = 96
     root = sys.argv[1]
     table = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
@@ -244,8 +245,8 @@ DAMAGE = {
     "bit flip in the weights": (lambda b: _flip(b, len(b) // 2), "is corrupted"),
     "damaged header": (lambda b: b.replace(b'"sha256"', b'"sha2xx"', 1), "has a damaged header"),
     "other version": (lambda b: b.replace(b'"version": 2', b'"version": 9', 1), "has format version 9"),
-    "not a checkpoint": (lambda b: b"hello", "is not a checkpoint written by lib.checkpoint"),
-    "empty": (lambda b: b"", "is not a checkpoint written by lib.checkpoint"),
+    "not a checkpoint": (lambda b: b"hello", "is not a checkpoint written by sae_ortho.training.checkpoint"),
+    "empty": (lambda b: b"", "is not a checkpoint written by sae_ortho.training.checkpoint"),
 }
 
 
@@ -405,7 +406,7 @@ def test_a_save_interrupted_between_its_two_renames_is_refused(tmp_path, monkeyp
             raise KeyboardInterrupt  # e.g. Ctrl-C between the renames
         return real(src, dst)
 
-    monkeypatch.setattr("lib.saelens_io.os.replace", fail_second)
+    monkeypatch.setattr("sae_ortho.models.saelens_io.os.replace", fail_second)
     with pytest.raises(KeyboardInterrupt):
         save_sae_lens(fresh_sae(7), folder)
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""Tests of lib.frontier: interpolation along L0 curves and matched comparisons."""
+"""Tests of sae_ortho.analysis.frontier: interpolation along L0 curves and matched comparisons."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import frontier, stats
+from sae_ortho.analysis import frontier, stats
 
 
 def test_interpolate_known_values():

@@ -24,11 +24,18 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lib import decompose, metrics, optimum, recipe, sweep
-from lib.ablations import Variant
-from lib.activations import CacheSpec
-from lib.lm_data import LMDataConfig
-from lib.ortho import (
+from sae_ortho import metrics
+from sae_ortho.analysis import decompose, geometry, optimum
+from sae_ortho.analysis.summed import SummedConfig, SummedData
+from sae_ortho.core.validation import ParameterTypeError
+from sae_ortho.data.activations import CacheSpec
+from sae_ortho.data.lm_data import LMDataConfig
+from sae_ortho.data.toy import ToyData, ToyDataConfig
+from sae_ortho.experiments import sweep
+from sae_ortho.experiments.ablations import Variant
+from sae_ortho.experiments.runs import LMSAESpec
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.ortho import (
     BOUNDED_SHAPES,
     EXACT_METHODS,
     METHODS,
@@ -43,13 +50,9 @@ from lib.ortho import (
     nn_abs_cos,
     ortho_penalty,
 )
-from lib.recipe import Recipe
-from lib.runs import LMSAESpec
-from lib.sae import SAE, SAEConfig
-from lib.summed import SummedConfig, SummedData
-from lib.toy import ToyData, ToyDataConfig
-from lib.train import TrainConfig, train
-from lib.validation import ParameterTypeError
+from sae_ortho.training import recipe
+from sae_ortho.training.recipe import Recipe
+from sae_ortho.training.train import TrainConfig, train
 
 ERRORS = (ValueError, TypeError)
 
@@ -714,7 +717,7 @@ def test_metric_parameters_are_checked(data):
 @given(s=st.integers(1, 20), d=st.integers(1, 4), seed=st.integers(0, 2**16), lead=st.sampled_from([(), (2,)]))
 def test_geometric_median_is_no_worse_than_the_mean(s, d, seed, lead):
     x = torch.randn(*lead, s, d, generator=torch.Generator().manual_seed(seed))
-    m = recipe.geometric_median(x)
+    m = geometry.geometric_median(x)
     assert m.shape == (*lead, d) and torch.isfinite(m).all()
 
     def cost(c):
@@ -730,7 +733,7 @@ def test_geometric_median_refuses_bad_arguments(name, data):
     bad = {"iters": bad_int(1), "tol": bad_float(0.0), "x": st.sampled_from([torch.full((3, 2), math.nan), "x", torch.zeros(3)])}
     kw = {"x": torch.randn(5, 2), name: data.draw(bad[name])}
     with pytest.raises(ERRORS, match=rf"\b{name}\b"):
-        recipe.geometric_median(**kw)
+        geometry.geometric_median(**kw)
 
 
 @given(
@@ -820,8 +823,9 @@ def test_train_stack_accepts_label_columns(labels):
 # ------------------------------------------------------------------------------- public booleans
 def _boolean_calls():
     """One call per public boolean parameter, each with the value under test (``v``)."""
-    from lib import convergence, corpus, lm, lm_data, stats, toy
-    from lib.activations import harvest
+    from sae_ortho.analysis import convergence, stats
+    from sae_ortho.data import corpus, lm, lm_data, toy
+    from sae_ortho.data.activations import harvest
 
     eye = torch.eye(3)
     stack = SAE(SAEConfig(3, 4, n_models=1))

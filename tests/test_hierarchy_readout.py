@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import hierarchy_readout as hr
+from sae_ortho.analysis import hierarchy_readout as hr
 
 # Features 0 (parent) -> 1, 2 (children), 3 -> 4, 5; feature 6 has no relatives.
 PARENTS = {0: [1, 2], 3: [4, 5]}

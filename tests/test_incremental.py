@@ -1,4 +1,4 @@
-"""Tests of incremental ("batch approach") training in lib.train and of resuming with a cached search.
+"""Tests of incremental ("batch approach") training in sae_ortho.training.train and of resuming with a cached search.
 
 With ``TrainConfig.stage_size = m`` the dictionary grows in stages of m latents: during stage s the
 latents < s*m are frozen, those >= (s+1)*m are switched off, and the penalty scores the stage's
@@ -13,11 +13,11 @@ import math
 import pytest
 import torch
 
-from lib.checkpoint import load_checkpoint
-from lib.ortho import PENALTY_SHAPES, OrthoConfig
-from lib.reproducibility import setup
-from lib.sae import SAE, SAEConfig
-from lib.train import Stepper, TrainConfig, stage_bounds, train
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.ortho import PENALTY_SHAPES, OrthoConfig
+from sae_ortho.training.checkpoint import load_checkpoint
+from sae_ortho.training.train import Stepper, TrainConfig, stage_bounds, train
 from tests.helpers import Interrupt
 
 D, N, M = 3, 6, 3  # input dim, latents, stage size: two stages

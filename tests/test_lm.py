@@ -1,4 +1,4 @@
-"""lib.lm on a tiny randomly initialised GPT-NeoX saved to a temporary folder (no downloads)."""
+"""sae_ortho.data.lm on a tiny randomly initialised GPT-NeoX saved to a temporary folder (no downloads)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from lib import lm
+from sae_ortho.data import lm
+from tests.helpers import tiny_gpt_neox
 
 
 def test_load_local_folder(tiny):
@@ -79,7 +80,7 @@ def test_unknown_architecture(tmp_path):
     with pytest.raises(ValueError, match="unsupported architecture 'GPT2LMHeadModel'"):
         lm.blocks(gpt2)
     # load_model refuses it at once, not at the first harvest
-    folder = lm.tiny_gpt_neox(tmp_path / "neox")
+    folder = tiny_gpt_neox(tmp_path / "neox")
     gpt2.save_pretrained(tmp_path / "gpt2")
     PreTrainedTokenizerFast.from_pretrained(folder).save_pretrained(tmp_path / "gpt2")
     with pytest.raises(ValueError, match="unsupported architecture"):

@@ -1,4 +1,4 @@
-"""Tests of lib.lm_data: tiny GPT-NeoX + the offline pydoc-topics corpus -> cached residual streams."""
+"""Tests of sae_ortho.data.lm_data: tiny GPT-NeoX + the offline pydoc-topics corpus -> cached residual streams."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import math
 import pytest
 import torch
 
-from lib import corpus, lm, lm_data
-from lib.lm_data import LMDataConfig
+from sae_ortho.data import corpus, lm, lm_data
+from sae_ortho.data.lm_data import LMDataConfig
+from tests.helpers import tiny_gpt_neox
 
 CTX, TRAIN, EVAL = 16, 2000, 500
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return lm.tiny_gpt_neox(tmp_path_factory.mktemp("models") / "neox", n_layers=3, d_model=32)
+    return tiny_gpt_neox(tmp_path_factory.mktemp("models") / "neox", n_layers=3, d_model=32)
 
 
 @pytest.fixture

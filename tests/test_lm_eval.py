@@ -1,4 +1,4 @@
-"""Tests of lib.lm_eval: activation metrics on hand-built SAEs and CE tables on a tiny GPT-NeoX."""
+"""Tests of sae_ortho.analysis.lm_eval: activation metrics on hand-built SAEs and CE tables on a tiny GPT-NeoX."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lib import lm, lm_eval, metrics
-from lib.sae import SAE, SAEConfig
+from sae_ortho import metrics
+from sae_ortho.analysis import lm_eval
+from sae_ortho.data import lm
+from sae_ortho.models.sae import SAE, SAEConfig
 
 
 def pm_identity(d: int) -> SAE:

@@ -1,4 +1,4 @@
-"""Tests of lib.metrics on constructed cases and against SAELens's reference implementations."""
+"""Tests of sae_ortho.metrics on constructed cases and against SAELens's reference implementations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 import torch
 from sae_lens.synthetic.evals import DeadLatentsCalculator, L0Calculator, mean_correlation_coefficient
 
-from lib.metrics import (
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data.toy import ToyData, ToyDataConfig
+from sae_ortho.metrics import (
     ALONE,
     ATOM,
     COMPOSITION,
@@ -27,10 +29,8 @@ from lib.metrics import (
     mmcs,
     nn_abs_cos_distribution,
 )
-from lib.reproducibility import setup
-from lib.sae import SAE, SAEConfig
-from lib.toy import ToyData, ToyDataConfig
-from lib.train import TrainConfig, train
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.training.train import TrainConfig, train
 
 
 def _orthonormal(n, d, seed=0):
@@ -336,7 +336,7 @@ def _constructed_codes(S=4000, seed=0):
 
 
 def test_activation_compositions_constructed():
-    from lib.metrics import MERGER, activation_compositions
+    from sae_ortho.metrics import MERGER, activation_compositions
 
     codes, coeffs = _constructed_codes()
     rep = activation_compositions(codes, coeffs)
@@ -354,7 +354,7 @@ def test_activation_compositions_constructed():
 
 
 def test_activation_compositions_bad_args():
-    from lib.metrics import activation_compositions
+    from sae_ortho.metrics import activation_compositions
 
     codes, coeffs = _constructed_codes(S=50)
     with pytest.raises(ValueError, match="same S"):
@@ -368,7 +368,7 @@ def test_activation_compositions_bad_args():
 
 
 def test_detector_agreement():
-    from lib.metrics import ActivationCompositionReport, CompositionReport, detector_agreement
+    from sae_ortho.metrics import ActivationCompositionReport, CompositionReport, detector_agreement
 
     geo = CompositionReport([ATOM, COMPOSITION, COMPOSITION, OTHER], [(0,), (0, 1), (2, 3), ()], [ALONE] * 4)
     act = ActivationCompositionReport([OTHER, COMPOSITION, OTHER, COMPOSITION], [(), (0, 1), (), (1, 2)],
@@ -404,7 +404,7 @@ def test_ground_truth_metrics_accept_integer_and_numpy_inputs(convert):
 
 
 def test_metric_parameters_and_inputs_give_clear_errors():
-    from lib.metrics import activation_compositions, detector_agreement, shared_fraction
+    from sae_ortho.metrics import activation_compositions, detector_agreement, shared_fraction
 
     codes, coeffs = _constructed_codes(S=50)
     with pytest.raises(TypeError, match=r"^threshold must be a number in \(0, 1\], got '0.5'$"):

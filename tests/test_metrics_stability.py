@@ -1,4 +1,4 @@
-"""Tests of the seed-stability metrics at the end of lib.metrics: match_fraction and histogram_peaks."""
+"""Tests of the seed-stability metrics at the end of sae_ortho.metrics: match_fraction and histogram_peaks."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib import metrics
-from lib.toy import random_directions
+from sae_ortho import metrics
+from sae_ortho.data.toy import random_directions
 
 
 def loop_match_fraction(a: np.ndarray, b: np.ndarray, threshold: float) -> float:

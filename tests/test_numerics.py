@@ -1,7 +1,7 @@
-"""Pinned numerics (lib.numerics): the environment, setup()'s check, the kernel spec, and the proof
+"""Pinned numerics (sae_ortho.core.numerics): the environment, setup()'s check, the kernel spec, and the proof
 without a second machine that the pins make results independent of the CPU.
 
-The emulation test runs ``python -m lib.numerics --fingerprint`` (a toy training of a few hundred
+The emulation test runs ``python -m sae_ortho.bench.numerics --fingerprint`` (a toy training of a few hundred
 steps, one LM-sized step with the recipe, a transformer forward, numpy/scipy decompositions) in
 fresh processes whose environment makes the libraries behave as on other CPUs: an AVX2-only
 x86-64 (torch's AVX2 kernels, MKL limited to AVX2, OpenBLAS's Zen kernels, numpy without
@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from lib import numerics, paths, reproducibility, store
-from lib.reproducibility import NumericsWarning, check_numerics, setup
+from sae_ortho.bench import numerics as numerics_bench
+from sae_ortho.core import numerics, paths, reproducibility
+from sae_ortho.core.reproducibility import NumericsWarning, check_numerics, setup
+from sae_ortho.experiments import store
 
 ROOT = Path(__file__).resolve().parent.parent
 AVX2_ONLY = {
@@ -48,7 +50,7 @@ def _clean_env() -> dict[str, str]:
 
 def _fingerprint(env: dict[str, str]) -> dict[str, str]:
     res = subprocess.run(
-        [sys.executable, "-m", "lib.numerics", "--fingerprint"], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+        [sys.executable, "-m", "sae_ortho.bench.numerics", "--fingerprint"], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert res.returncode == 0, res.stderr[-2000:]
@@ -73,7 +75,7 @@ def test_pinned_results_are_identical_on_emulated_cpus_and_unpinned_ones_are_not
     assert differ, f"unpinned digests do not depend on the emulated CPU: {unpinned}"
     assert unpinned["AVX2-only CPU"] != unpinned["AVX2-only CPU, 1 core"]
     # and the pinned numbers are the committed ones of this CPU vendor (MKL differs between vendors)
-    committed = json.loads((paths.COMMITTED_RESULTS / numerics.FINGERPRINT_FILE).read_text())["digests_by_vendor"]
+    committed = json.loads((paths.COMMITTED_RESULTS / numerics_bench.FINGERPRINT_FILE).read_text())["digests_by_vendor"]
     vendor = store.cpu_info().get("vendor")
     if vendor in committed:
         assert first == committed[vendor], f"pinned digests {first} differ from the committed {vendor} ones {committed[vendor]}"
@@ -91,11 +93,11 @@ def test_pinned_env_is_read_from_the_one_file():
     assert set(env) >= {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NPY_DISABLE_CPU_FEATURES",
                         "ONEDNN_MAX_CPU_ISA"}
     makefile = (ROOT / "Makefile").read_text()
-    assert "include lib/numerics.env" in makefile  # the Makefile reads the same file
+    assert "include lib/core/numerics.env" in makefile  # the Makefile reads the same file
 
 
 def test_env_command_is_shell_safe():
-    out = subprocess.run([sys.executable, "-m", "lib.numerics", "--env"], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "sae_ortho.core.numerics", "--env"], cwd=ROOT, capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
     script = out + "\nprintf '%s' \"$NPY_DISABLE_CPU_FEATURES\""
     got = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
@@ -125,7 +127,7 @@ def test_setup_warns_or_refuses_when_not_pinned(monkeypatch):
 @needs_x86
 def test_problems_name_each_unpinned_library():
     env = {**_clean_env(), "PYTHONPATH": str(ROOT)}
-    code = "from lib import numerics; print('\\n'.join(numerics.problems()))"
+    code = "from sae_ortho.core import numerics; print('\\n'.join(numerics.problems()))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
     for name in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "OPENBLAS_CORETYPE", "NPY_DISABLE_CPU_FEATURES"):
         assert name in out
@@ -134,7 +136,7 @@ def test_problems_name_each_unpinned_library():
     assert pinned.strip() == ""
     # the effective state is checked, not only the variables: a late ATEN_CPU_CAPABILITY is caught
     late = ("import torch; torch.ones(2).sum(); import os; os.environ['ATEN_CPU_CAPABILITY'] = 'avx2'; "
-            "from lib import numerics; print('\\n'.join(numerics.problems()))")
+            "from sae_ortho.core import numerics; print('\\n'.join(numerics.problems()))")
     env_late = {**env, **numerics.pinned_env()}
     env_late.pop("ATEN_CPU_CAPABILITY")
     out = subprocess.run([sys.executable, "-c", late], cwd=ROOT, env=env_late, capture_output=True, text=True,
@@ -156,7 +158,7 @@ def test_kernel_spec_carries_the_pinned_environment(tmp_path):
 def test_thread_variables_may_follow_the_runs_thread_count():
     """torchrun starts each process with OMP_NUM_THREADS=1; a run that asks for 1 thread is pinned."""
     env = {**_clean_env(), "PYTHONPATH": str(ROOT), **numerics.pinned_env(), "OMP_NUM_THREADS": "1"}
-    code = ("from lib import numerics; print('|'.join(numerics.problems()) + '#' + "
+    code = ("from sae_ortho.core import numerics; print('|'.join(numerics.problems()) + '#' + "
             "'|'.join(numerics.problems(threads=1)) + '#' + '|'.join(numerics.problems(threads=2)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          check=True).stdout.strip()

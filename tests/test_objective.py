@@ -1,4 +1,4 @@
-"""Tests of lib.objective: the vanilla and penalised objectives of trained SAEs, by hand."""
+"""Tests of sae_ortho.analysis.objective: the vanilla and penalised objectives of trained SAEs, by hand."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib.objective import objective_terms
-from lib.ortho import OrthoConfig
-from lib.sae import SAE, SAEConfig
+from sae_ortho.analysis.objective import objective_terms
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.ortho import OrthoConfig
 
 
 def _hand_sae() -> SAE:
@@ -86,7 +86,7 @@ def test_errors():
 
 
 def test_attribution():
-    from lib.objective import OPTIMISATION, OPTIMUM, UNDETERMINED, attribution
+    from sae_ortho.analysis.objective import OPTIMISATION, OPTIMUM, UNDETERMINED, attribution
 
     assert attribution(-0.3, -0.1) == OPTIMISATION  # the reference (e.g. ground-truth start) is better
     assert attribution(0.1, 0.3) == OPTIMUM

@@ -1,4 +1,4 @@
-"""Tests of lib.optimum: the closed-form 2-D non-negative lasso and the decoder search."""
+"""Tests of sae_ortho.analysis.optimum: the closed-form 2-D non-negative lasso and the decoder search."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy.optimize import nnls
 
-from lib.metrics import matched_angle_error
-from lib.optimum import angles_deg, best_code_loss, search_optimum
-from lib.reproducibility import setup
-from lib.toy import composed_directions
+from sae_ortho.analysis.optimum import angles_deg, best_code_loss, search_optimum
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data.toy import composed_directions
+from sae_ortho.metrics import matched_angle_error
 
 
 def _brute_force(y: np.ndarray, D: np.ndarray, l1: float, delta: float = 1e-8) -> float:
@@ -136,8 +136,8 @@ def test_penalised_search_finds_the_known_optimum():
     """One-hot data along two orthogonal axes: rows along the axes reconstruct it and have penalty
     -log(1 - 0) = 0, so the penalised optimum is (up to the free bias) the axes; the vanilla
     optimum splays its rows instead (it can trade alignment for a bias, the penalty cannot)."""
-    from lib.optimum import decoder_penalty
-    from lib.ortho import OrthoConfig
+    from sae_ortho.analysis.optimum import decoder_penalty
+    from sae_ortho.ortho import OrthoConfig
 
     setup(0, threads=1)
     axes = torch.tensor(_unit_rows([0.0, 90.0]), dtype=torch.float32)
@@ -158,8 +158,8 @@ def test_penalised_search_finds_the_known_optimum():
 
 def test_penalised_search_trades_reconstruction_for_orthogonality():
     """Two rays 40 degrees apart: the penalty pushes the rows apart, at a vanilla-objective cost."""
-    from lib.optimum import decoder_penalty
-    from lib.ortho import OrthoConfig
+    from sae_ortho.analysis.optimum import decoder_penalty
+    from sae_ortho.ortho import OrthoConfig
 
     setup(0, threads=1)
     rays = torch.tensor(_unit_rows([0.0, 40.0]), dtype=torch.float32)
@@ -180,7 +180,7 @@ def test_penalised_search_trades_reconstruction_for_orthogonality():
 
 
 def test_penalised_search_bad_args():
-    from lib.ortho import OrthoConfig
+    from sae_ortho.ortho import OrthoConfig
 
     x = torch.rand(20, 2)
     with pytest.raises(ValueError, match="ortho_weight"):

@@ -1,4 +1,4 @@
-"""Tests of lib.ortho against brute-force references written with plain loops."""
+"""Tests of sae_ortho.ortho against brute-force references written with plain loops."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lib.ortho import PENALTY_SHAPES, OrthoConfig, nearest_neighbour_abs_cos, nn_abs_cos, ortho_penalty
+from sae_ortho.ortho import PENALTY_SHAPES, OrthoConfig, nearest_neighbour_abs_cos, nn_abs_cos, ortho_penalty
 
 # --- brute-force references ------------------------------------------------------------------
 

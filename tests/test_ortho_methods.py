@@ -1,4 +1,4 @@
-"""Tests of the neighbour-search methods of lib.ortho (exact, cached, OrtSAE) against brute force.
+"""Tests of the neighbour-search methods of sae_ortho.ortho (exact, cached, OrtSAE) against brute force.
 
 The reference is written with plain Python loops over rows and torch ops on single vectors, so
 autograd through it gives the reference gradient. Everything is float64 and tiny.
@@ -14,7 +14,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib.ortho import (
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.ortho import (
     DEFAULT_CHUNK,
     EXACT_METHODS,
     METHODS,
@@ -26,7 +27,6 @@ from lib.ortho import (
     nn_abs_cos,
     ortho_penalty,
 )
-from lib.reproducibility import setup
 
 F64 = torch.float64
 

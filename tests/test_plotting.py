@@ -1,12 +1,12 @@
-"""Tests of lib.plotting: stable figure saving and the figure helpers."""
+"""Tests of sae_ortho.reporting.plotting: stable figure saving and the figure helpers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lib import plotting
-from lib.plotting import (
+from sae_ortho.reporting import plotting
+from sae_ortho.reporting.plotting import (
     directions_2d,
     grid_of_lines,
     heatmaps,
@@ -55,7 +55,7 @@ def test_save_figure_same_bytes(tmp_path):
 
 def test_save_figure_default_folder_is_project_figures():
     assert plotting.FIGURES.name == "figures"
-    assert plotting.FIGURES.parent == plotting.Path(plotting.__file__).resolve().parent.parent
+    assert plotting.FIGURES.parent == plotting.Path(plotting.__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "a b", "a\\b", "../up"])

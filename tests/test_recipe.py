@@ -1,4 +1,4 @@
-"""Tests of lib.recipe and its use by the trainer: schedules, b_dec init, clipping, dead-latent
+"""Tests of sae_ortho.training.recipe and its use by the trainer: schedules, b_dec init, clipping, dead-latent
 remedies (resampling, AuxK), free decoder norms, snapshots and exact resume with the recipe on."""
 
 from __future__ import annotations
@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib.recipe import Recipe, aux_k_loss, geometric_median, resample_dead
-from lib.reproducibility import setup
-from lib.sae import SAE, SAEConfig
-from lib.toy import ToyData, ToyDataConfig
-from lib.train import Stepper, TrainConfig, train
+from sae_ortho.analysis.geometry import geometric_median
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data.toy import ToyData, ToyDataConfig
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.training.recipe import Recipe, aux_k_loss, resample_dead
+from sae_ortho.training.train import Stepper, TrainConfig, train
 from tests.helpers import Interrupt
 
 D, N = 6, 10
@@ -97,7 +98,7 @@ def test_resampling_scheduled_after_the_last_step_is_refused(resample_every):
 
 
 def test_lm_recipe_of_one_step_does_not_schedule_resampling():
-    from lib.recipe import lm_recipe
+    from sae_ortho.training.recipe import lm_recipe
 
     assert lm_recipe("relu", 1, D).resample_every is None
     TrainConfig(steps=1, recipe=lm_recipe("relu", 1, D))
@@ -279,7 +280,7 @@ def test_free_decoder_norms_and_norm_weighted_l1():
     want = (codes * norms).sum(-1).mean()
     assert res.history["l1"].shape == (1,)
     # norm-weighted L1 as the loss sees it (on a fresh batch: same definition)
-    from lib.train import loss_terms
+    from sae_ortho.training.train import loss_terms
     terms = loss_terms(sae, x, TrainConfig(steps=30, recipe=recipe), torch.tensor(0.1), torch.tensor(0.0))
     torch.testing.assert_close(terms["l1"], want)
 

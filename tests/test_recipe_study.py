@@ -1,15 +1,17 @@
-"""Tests of lib.recipe_study on a tiny GPT-NeoX (runs cached under a temporary root)."""
+"""Tests of sae_ortho.experiments.recipe_study on a tiny GPT-NeoX (runs cached under a temporary root)."""
 
 from __future__ import annotations
 
 import pytest
 
-from lib import lm, lm_data, recipe_study, runs
+from sae_ortho.data import lm_data
+from sae_ortho.experiments import recipe_study, runs
+from tests.helpers import tiny_gpt_neox
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = lm.tiny_gpt_neox(tmp_path_factory.mktemp("models") / "neox", n_layers=2, d_model=16)
+    folder = tiny_gpt_neox(tmp_path_factory.mktemp("models") / "neox", n_layers=2, d_model=16)
     cfg = lm_data.LMDataConfig(model=str(folder), layers=(1,), context=16, train_tokens=1500, eval_tokens=300,
                                corpus="pydoc-topics", batch_size=32, fallback=False)
     return lm_data.prepare(cfg, root=tmp_path_factory.mktemp("cache"), progress=False)

@@ -1,10 +1,11 @@
-"""Tests of lib.report: findings files, the README's generated section, and that it is up to date."""
+"""Tests of sae_ortho.reporting.report: findings files, the README's generated section, and that it is up to date."""
 
 from __future__ import annotations
 
 import pytest
 
-from lib import paths, report
+from sae_ortho.core import paths
+from sae_ortho.reporting import report
 
 
 def test_write_findings_atomic_and_section_order(tmp_path):
@@ -51,9 +52,9 @@ def test_render_round_trip(tmp_path):
 
 
 def test_readme_findings_are_generated_from_the_committed_results():
-    """The README's findings section is exactly what `python -m lib.report` makes of results/."""
+    """The README's findings section is exactly what `python -m sae_ortho.reporting.report` makes of results/."""
     readme = (paths.ROOT / "README.md").read_text()
     assert readme == report.render(readme, report.findings_section()), (
-        "README.md is out of date with results/findings_*.md: run `python -m lib.report`"
+        "README.md is out of date with results/findings_*.md: run `python -m sae_ortho.reporting.report`"
     )
     assert list(paths.COMMITTED_RESULTS.glob(report.PATTERN)), "no committed findings files"

@@ -1,4 +1,4 @@
-"""Tests of lib.reproducibility.setup."""
+"""Tests of sae_ortho.core.reproducibility.setup."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.reproducibility import setup
+from sae_ortho.core.reproducibility import setup
 
 
 def _draw():

@@ -1,4 +1,4 @@
-"""Tests of lib.runs: train once per configuration, reload afterwards, resume interrupted runs."""
+"""Tests of sae_ortho.experiments.runs: train once per configuration, reload afterwards, resume interrupted runs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from lib import runs
-from lib.sae import SAE, SAEConfig
-from lib.saelens_io import load_sae_lens
-from lib.train import TrainConfig, train
+from sae_ortho.experiments import runs
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.models.saelens_io import load_sae_lens
+from sae_ortho.training.train import TrainConfig, train
 from tests.helpers import Interrupt
 
 D, N = 8, 16
@@ -170,7 +170,7 @@ def test_snapshots_are_saved_and_reloaded(tmp_path):
 
 
 def test_lm_spec_uses_the_lm_recipe_and_snapshots():
-    from lib.recipe import Recipe, lm_recipe
+    from sae_ortho.training.recipe import Recipe, lm_recipe
 
     spec = runs.LMSAESpec("s", tokens=256 * 400, batch_size=256, snapshots=4)
     _, cfg = spec.configs(64)

@@ -1,12 +1,12 @@
-"""Tests of lib.sae: shapes, TopK sparsity, stacking, decoder normalisation, config validation."""
+"""Tests of sae_ortho.models.sae: shapes, TopK sparsity, stacking, decoder normalisation, config validation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lib.reproducibility import setup
-from lib.sae import SAE, SAEConfig
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.models.sae import SAE, SAEConfig
 
 
 def test_single_shapes_and_forward():
@@ -186,7 +186,7 @@ def test_independent_init_keeps_the_decoder_and_draws_its_own_encoder():
 
 
 def test_init_in_keys_only_when_not_default():
-    from lib.train import TrainConfig
+    from sae_ortho.training.train import TrainConfig
 
     assert "init" not in SAEConfig(3, 4).key_fields()
     assert SAEConfig(3, 4, init="independent").key_fields()["init"] == "independent"

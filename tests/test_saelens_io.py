@@ -1,4 +1,4 @@
-"""Tests of lib.saelens_io: round trips, loading with SAELens itself, scale folding, errors."""
+"""Tests of sae_ortho.models.saelens_io: round trips, loading with SAELens itself, scale folding, errors."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from lib.reproducibility import setup
-from lib.sae import SAE, SAEConfig
-from lib.saelens_io import load_sae_lens, save_sae_lens
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.models.saelens_io import load_sae_lens, save_sae_lens
 
 KINDS = [("relu", None), ("topk", 3)]
 

@@ -1,4 +1,4 @@
-"""Tests of lib.stats: bootstrap intervals (coverage on a known case), paired differences, verdicts."""
+"""Tests of sae_ortho.analysis.stats: bootstrap intervals (coverage on a known case), paired differences, verdicts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib import stats
+from sae_ortho.analysis import stats
 
 
 def test_bootstrap_interval_covers_the_true_mean_about_95_percent():

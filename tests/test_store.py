@@ -1,4 +1,4 @@
-"""The store of trained SAEs (lib.store): train once, load after; never train in require mode;
+"""The store of trained SAEs (sae_ortho.experiments.store): train once, load after; never train in require mode;
 damaged or foreign files refused with the file and the fix named; retrain replaces atomically and
 reports; the perturbation hook; and the committed store verifies."""
 
@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from lib import store, sweep, toy
+from sae_ortho.data import toy
+from sae_ortho.experiments import store, sweep
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of lib.summed: the atoms-plus-sums data, and scoring learned dictionaries against it."""
+"""Tests of sae_ortho.analysis.summed: the atoms-plus-sums data, and scoring learned dictionaries against it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.summed import (
+from sae_ortho.analysis.summed import (
     ALONE,
     AS_COMBINATION,
     INSIDE,
@@ -150,7 +150,7 @@ def test_sampling_uses_the_global_generator_and_stats_leave_it_alone():
 
 
 def test_works_with_the_stacked_sampler():
-    from lib.toy import stack_sampler
+    from sae_ortho.data.toy import stack_sampler
 
     data, other = _data(), _data(seed=1)
     x = stack_sampler([data, data, other], 8)

@@ -1,4 +1,4 @@
-"""Tests of lib.sweep: grids, stacked training from a table, and evaluation against lib.metrics."""
+"""Tests of sae_ortho.experiments.sweep: grids, stacked training from a table, and evaluation against sae_ortho.metrics."""
 
 from __future__ import annotations
 
@@ -7,12 +7,19 @@ import pandas as pd
 import pytest
 import torch
 
-from lib import metrics
-from lib.reproducibility import setup
-from lib.sae import SAE, SAEConfig
-from lib.sweep import evaluate_stack, grid, ground_truth_scores, mean_std, seeds_matrix, train_stack
-from lib.toy import ToyData, ToyDataConfig
-from lib.train import TrainConfig, train
+from sae_ortho import metrics
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data.toy import ToyData, ToyDataConfig
+from sae_ortho.experiments.sweep import (
+    evaluate_stack,
+    grid,
+    ground_truth_scores,
+    mean_std,
+    seeds_matrix,
+    train_stack,
+)
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.training.train import TrainConfig, train
 
 
 def test_grid():
@@ -137,7 +144,7 @@ def test_mean_std_and_seeds_matrix():
 
 
 def test_paired_stack_shares_init_and_batches_by_seed():
-    from lib.sweep import _paired
+    from sae_ortho.experiments.sweep import _paired
 
     data = _data()
     rows = grid(3, ortho_weight=[0.0, 0.1])  # 6 models: (0, s) and (0.1, s)
@@ -151,7 +158,7 @@ def test_paired_stack_shares_init_and_batches_by_seed():
     assert not torch.equal(x[0], x[1])
     # seed s's batches are those of model s of an unpaired stack of [data] * n_seeds
     setup(0, threads=1)
-    from lib.toy import stack_sampler
+    from sae_ortho.data.toy import stack_sampler
 
     assert torch.equal(stack_sampler([data] * 3, 7), x[:3])
     with pytest.raises(ValueError, match="'seed' column"):
@@ -182,7 +189,7 @@ def test_paired_with_two_data_sets():
     a, b = _data(), ToyData(ToyDataConfig(n_features=4, d=3, embedding="random", p=0.6),
                             generator=torch.Generator().manual_seed(1))
     rows = grid(2, amplitude=["a", "b"])
-    from lib.sweep import _paired
+    from sae_ortho.experiments.sweep import _paired
 
     sample, index = _paired(rows, [a if r == "a" else b for r in rows.amplitude])
     x = sample(5)
@@ -203,7 +210,7 @@ def test_init_column_sets_the_scheme_per_model():
 
 
 def test_fit_stack_history_and_snapshots_equal_shorter_runs():
-    from lib.sweep import fit_stack
+    from sae_ortho.experiments.sweep import fit_stack
 
     data = _data()
     kw = {"d": 3, "n_latents": 4, "batch_size": 8, "lr": 1e-2, "l1": 0.05}
@@ -218,7 +225,7 @@ def test_fit_stack_history_and_snapshots_equal_shorter_runs():
 
 
 def test_eval_batches_share_samples_per_data_set():
-    from lib.sweep import eval_batches
+    from sae_ortho.experiments.sweep import eval_batches
 
     a = _data()
     b = ToyData(ToyDataConfig(n_features=4, d=3, embedding="random", p=0.3), generator=torch.Generator().manual_seed(5))
@@ -234,7 +241,7 @@ def test_eval_batches_share_samples_per_data_set():
 
 
 def test_subset_and_at_step():
-    from lib.sweep import at_step, subset
+    from sae_ortho.experiments.sweep import at_step, subset
 
     sae = SAE(SAEConfig(d=3, n_latents=4, n_models=5), generator=torch.Generator().manual_seed(0))
     sub = subset(sae, [4, 1])

@@ -8,11 +8,12 @@ import dataclasses
 import pytest
 import torch
 
-from lib import frontier, metrics
-from lib import synthbench as sb
-from lib import synthbench_runs as sr
-from lib.reproducibility import setup
-from lib.sae import SAE, SAEConfig
+from sae_ortho import metrics
+from sae_ortho.analysis import frontier
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data import synthbench as sb
+from sae_ortho.experiments import synthbench_runs as sr
+from sae_ortho.models.sae import SAE, SAEConfig
 
 # 128 features (one full tree of 85) in 8 dims, SAE width 32, 4096 training samples.
 TINY = dataclasses.replace(

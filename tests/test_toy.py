@@ -1,4 +1,4 @@
-"""Tests of lib.toy: firing statistics, correlation structure, amplitudes, embeddings, Anders toy."""
+"""Tests of sae_ortho.data.toy: firing statistics, correlation structure, amplitudes, embeddings, Anders toy."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal, norm
 
-from lib.reproducibility import setup
-from lib.toy import (
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data.toy import (
     ANDERS_P_SINGLE,
     SphereData,
     ToyData,
@@ -401,7 +401,7 @@ def test_bad_batch():
 
 
 def test_isometric_embedding_preserves_the_gram_matrix():
-    from lib.toy import isometric_embedding
+    from sae_ortho.data.toy import isometric_embedding
 
     base = random_directions(9, 2, orthogonal=False, generator=torch.Generator().manual_seed(0))
     for d in (2, 8, 128):

@@ -1,4 +1,4 @@
-"""Tests of lib.train: determinism, checkpoint/resume, failure handling, per-model hyperparameters."""
+"""Tests of sae_ortho.training.train: determinism, checkpoint/resume, failure handling, per-model hyperparameters."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from lib.checkpoint import load_checkpoint
-from lib.ortho import OrthoConfig
-from lib.reproducibility import setup
-from lib.sae import SAE, SAEConfig
-from lib.toy import ToyData, ToyDataConfig
-from lib.train import TrainConfig, train
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.data.toy import ToyData, ToyDataConfig
+from sae_ortho.models.sae import SAE, SAEConfig
+from sae_ortho.ortho import OrthoConfig
+from sae_ortho.training.checkpoint import load_checkpoint
+from sae_ortho.training.train import TrainConfig, train
 from tests.helpers import Interrupt
 
 D, N = 4, 6

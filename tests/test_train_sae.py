@@ -1,4 +1,4 @@
-"""Tests of the training command line ``python -m lib.train_sae`` (one process and, with torchrun,
+"""Tests of the training command line ``python -m sae_ortho.training.train_sae`` (one process and, with torchrun,
 two gloo processes on CPU, bounded in time)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import activations
-from lib.saelens_io import load_sae_lens
-from lib.train_sae import main
+from sae_ortho.data import activations
+from sae_ortho.models.saelens_io import load_sae_lens
+from sae_ortho.training.train_sae import main
 
 ROOT = Path(__file__).resolve().parent.parent
 D = 16
@@ -69,7 +69,7 @@ def test_one_process_on_toy_data(tmp_path):
 def test_torchrun_two_processes_match_one(cache_folder, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "lib.train_sae", *_args(cache_folder, tmp_path / "two")]
+           "-m", "sae_ortho.training.train_sae", *_args(cache_folder, tmp_path / "two")]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())

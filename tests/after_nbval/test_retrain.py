@@ -22,9 +22,11 @@ import pytest
 import safetensors
 import torch
 
-from lib import lm_eval, metrics, runs, store, sweep
-from lib.activations import META_FILE, ActivationStore, norm_scale
-from lib.sae import SAE
+from sae_ortho import metrics
+from sae_ortho.analysis import lm_eval
+from sae_ortho.data.activations import META_FILE, ActivationStore, norm_scale
+from sae_ortho.experiments import runs, store, sweep
+from sae_ortho.models.sae import SAE
 
 pytestmark = pytest.mark.real_store
 K_SIGMA = 4.0  # tolerance in seed-to-seed standard deviations

@@ -1,0 +1,1 @@
+"""Benchmarks: the penalty's cost, the trainer's and data-parallel throughput, the numerics fingerprint."""

@@ -1,0 +1,1 @@
+"""Data: toy data with ground truth, constructed starts, SynthSAEBench, and LM activations."""

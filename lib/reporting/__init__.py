@@ -1,0 +1,1 @@
+"""Reporting: findings files assembled into the README, figure helpers."""

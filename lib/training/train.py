@@ -1,0 +1,657 @@
+"""The training loop every notebook uses.
+
+``loss = ||x - x_hat||^2 + l1_coeff * sum(codes) + ortho_weight * ortho_penalty`` per model
+(squared error summed over the input dimension, everything averaged over the batch; the L1 term is
+dropped for TopK SAEs). Stacked SAEs train side by side with per-model ``lr``, ``l1_coeff`` and
+``ortho_weight``: one Adam with unit step size, then each model's update is scaled by its own
+learning rate, which is exactly Adam with per-model learning rates.
+
+Decoder rows are kept at unit norm (the gradient's component along each row is removed before the
+step and rows are renormalised after it, as in dictionary_learning), unless the recipe frees them.
+The recipe (:class:`sae_ortho.training.recipe.Recipe`: b_dec from the data, learning-rate warm-up and decay, L1
+warm-up, gradient clipping, dead-latent resampling or AuxK, free decoder norms with a norm-weighted
+L1) is off by default.
+
+Checkpoints (model, optimiser, step, history and the global RNG state that drives the data) are
+versioned, hash-checked files (:mod:`sae_ortho.training.checkpoint`) written to a temporary file and renamed, so
+an interrupted run never leaves a checkpoint that is later trusted and a damaged one is refused by
+name; ``train`` resumes from one when its (canonical) configuration matches and refuses otherwise.
+Every argument, the checkpoint folder included, is checked before the first step. A non-finite
+loss or gradient stops training at once, and a checkpoint is never written with non-finite weights
+or optimiser state. float16 / bfloat16 SAEs train with the orthogonality penalty computed in
+float32 (:func:`sae_ortho.ortho.penalty_dtype`; in half precision its steep shapes overflow).
+
+When torch.distributed runs with several processes (``torchrun``), ``train`` is data-parallel
+(see :mod:`sae_ortho.training.distributed`): ``batch_size`` is the global batch, every process trains on its
+slice, gradients are averaged, and rank 0 writes the checkpoints.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from sae_ortho.analysis.geometry import geometric_median
+from sae_ortho.core.validation import (
+    ParameterTypeError,
+    canonical,
+    canonical_json,
+    check_bool,
+    check_callable,
+    check_default,
+    check_float,
+    check_instance,
+    check_int,
+    check_numbers,
+    check_output_dir,
+    check_str,
+    check_tensor,
+)
+from sae_ortho.models.sae import SAE
+from sae_ortho.ortho import (
+    BOUNDED_SHAPES,
+    CertifiedCache,
+    NeighbourCache,
+    OrthoConfig,
+    ortho_penalty,
+    penalty_dtype,
+)
+from sae_ortho.training import distributed
+from sae_ortho.training.checkpoint import load_checkpoint, save_checkpoint
+from sae_ortho.training.distributed import CollectiveError, Group
+from sae_ortho.training.recipe import Recipe, aux_k_loss, resample_dead
+
+PerModel = float | tuple[float, ...]
+# OrthoConfig fields added after runs were first keyed by their fingerprint: left out of it at
+# their default, so existing run folders and checkpoints stay valid.
+_LATER_ORTHO_FIELDS = {"check_rows": 64}
+
+
+_L1_DEFAULT = 0.1  # TrainConfig.l1_coeff's default
+
+# Per-model hyperparameters: the lower bound (None: unbounded) and whether it is excluded.
+_PER_MODEL_BOUNDS = {"lr": (0.0, True), "l1_coeff": (0.0, False), "ortho_weight": (None, False)}
+
+
+def _per_model_values(name: str, value: PerModel) -> PerModel:
+    """A per-model hyperparameter checked and normalised: a float, or a tuple of floats."""
+    low, low_open = _PER_MODEL_BOUNDS[name]
+    if isinstance(value, (tuple, list, np.ndarray, Tensor)):
+        return check_numbers(name, value, low, low_open=low_open)
+    return check_float(name, value, low, low_open=low_open)
+
+
+def _per_model(name: str, value: PerModel, n_models: int | None) -> Tensor:
+    """The values of a per-model hyperparameter as a tensor [n_models] (a scalar tensor for a
+    single SAE)."""
+    value = _per_model_values(name, value)
+    values = value if isinstance(value, tuple) else (value,)
+    m = 1 if n_models is None else n_models
+    if len(values) not in (1, m):
+        raise ValueError(f"{name} needs 1 value or one per model (n_models={m}), got {len(values)}")
+    t = torch.tensor(values, dtype=torch.float32).expand(m).clone()
+    return t if n_models is not None else t[0]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run (of a single SAE or a stack).
+
+    Attributes:
+        steps: optimiser steps.
+        batch_size: inputs per step (per model); in a data-parallel job the global batch,
+            divided evenly over the processes.
+        lr: Adam learning rate, one value or one per stacked model.
+        l1_coeff: L1 coefficient (ReLU SAEs), one value or one per model; >= 0. TopK SAEs have no
+            L1 term: leave it at its default (or 0) for them.
+        ortho_weight: lambda_orth, one value or one per model; negative rewards alignment and
+            needs a bounded penalty shape.
+        ortho: how the orthogonality penalty is computed.
+        log_every: steps between history records.
+        checkpoint_every: steps between checkpoints (0: only at the end, when a folder is given).
+        stage_size: 0 trains every latent from the start. m > 0 grows the dictionary in stages of
+            m latents (the incremental "batch approach"): stage s trains latents
+            [s*m, (s+1)*m) with the earlier ones frozen and the later ones switched off, and the
+            orthogonality penalty scores the new active latents against all latents so far,
+            O(m^2 + m n) per step. Steps are split evenly over the stages.
+        recipe: warm-up, decay, clipping, b_dec init, dead-latent remedies, decoder norms
+            (:class:`sae_ortho.training.recipe.Recipe`; all off by default).
+        snapshot_steps: steps after which a copy of the model's parameters is kept in the result
+            (e.g. to follow cross-seed agreement and FVE against training tokens).
+    """
+
+    steps: int = 2000
+    batch_size: int = 512
+    lr: PerModel = 3e-3
+    l1_coeff: PerModel = _L1_DEFAULT
+    ortho_weight: PerModel = 0.0
+    ortho: OrthoConfig = field(default_factory=OrthoConfig)
+    log_every: int = 50
+    checkpoint_every: int = 0
+    stage_size: int = 0
+    recipe: Recipe = field(default_factory=Recipe)
+    snapshot_steps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        def put(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
+        for name in ("steps", "batch_size", "log_every"):
+            put(name, check_int(name, getattr(self, name), 1))
+        for name in ("checkpoint_every", "stage_size"):
+            put(name, check_int(name, getattr(self, name), 0))
+        for name in _PER_MODEL_BOUNDS:
+            put(name, _per_model_values(name, getattr(self, name)))
+        check_instance("ortho", self.ortho, OrthoConfig)
+        check_instance("recipe", self.recipe, Recipe)
+        self.recipe.check_steps(self.steps)
+        snaps = self.snapshot_steps
+        if isinstance(snaps, (str, bytes)) or not isinstance(snaps, (tuple, list)):
+            raise ParameterTypeError(f"snapshot_steps must be a tuple of ints in [1, steps={self.steps}], got {snaps!r}")
+        put("snapshot_steps", tuple(check_int(f"snapshot_steps[{i}]", s, 1, self.steps) for i, s in enumerate(snaps)))
+        weights = self.ortho_weight if isinstance(self.ortho_weight, tuple) else (self.ortho_weight,)
+        if min(weights) < 0 and self.ortho.shape not in BOUNDED_SHAPES:
+            raise ValueError(
+                f"a negative ortho_weight needs a bounded ortho.shape {BOUNDED_SHAPES}; "
+                f"shape={self.ortho.shape!r} would reward alignment without bound"
+            )
+        if self.stage_size == 1 and any(w != 0 for w in weights):
+            raise ValueError(
+                "stage_size=1 leaves the first stage's only latent without a neighbour for the "
+                "orthogonality penalty; use stage_size >= 2 (or 0 for no stages)"
+            )
+
+    def check_kind(self, kind: str) -> None:
+        """Options that have no effect for the SAE ``kind`` must keep their defaults (called by the
+        trainer before any training, where the kind is known).
+
+        Raises:
+            ValueError: a TopK SAE with an ``l1_coeff`` other than its default (or 0), or a recipe
+                option of the other kind (:meth:`sae_ortho.training.recipe.Recipe.check_kind`).
+        """
+        self.recipe.check_kind(kind)
+        if kind == "topk":
+            values = self.l1_coeff if isinstance(self.l1_coeff, tuple) else (self.l1_coeff,)
+            if any(v not in (0.0, _L1_DEFAULT) for v in values):  # 0: "no L1", also what it is
+                shown = values[0] if len(values) == 1 else values  # (x,) is x (a stack's sweep passes tuples)
+                check_default("l1_coeff", shown, _L1_DEFAULT, "kind='topk' (TopK SAEs have no L1 term)", "kind='relu'")
+
+    def fingerprint(self, sae: SAE) -> str:
+        """A string that identifies the run, stored in checkpoints to refuse a mismatched resume.
+
+        Canonical: configurations that train the same run give the same string (``0`` and
+        ``0.0``, ``(x,)`` and ``x`` are the same value; see :func:`sae_ortho.core.validation.canonical`).
+        Fields added later are left out at their default, so older checkpoints stay resumable.
+        """
+        train = canonical(self)
+        for name, default in _LATER_ORTHO_FIELDS.items():
+            if train["ortho"][name] == canonical(default):
+                del train["ortho"][name]
+        return canonical_json({"train": train, "sae": sae.cfg.key_fields()})
+
+
+@dataclass
+class TrainResult:
+    """history: name -> [n_records, (M,)] arrays (step, loss, recon, l1, ortho, l0, dead, and aux /
+    resampled when the recipe uses them; in a data-parallel job averaged over the processes: the
+    global batch's values); stale_agreement: for the cached method, the agreement of the stale
+    candidates at each refresh; certified: for the certified method,
+    :meth:`sae_ortho.ortho.CertifiedCache.summary` (work done and measured agreement); world_size: the
+    number of processes that trained."""
+
+    history: dict[str, np.ndarray]
+    resumed_from: int = 0
+    stale_agreement: list[float] = field(default_factory=list)  # cached method: see NeighbourCache
+    stale_max_error: list[float] = field(default_factory=list)
+    snapshots: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # step -> copy of the state_dict
+    certified: dict[str, float] = field(default_factory=dict)
+    world_size: int = 1
+
+
+def n_stages(cfg: TrainConfig, n_latents: int) -> int:
+    """Number of dictionary stages (1 without stages)."""
+    return -(-n_latents // cfg.stage_size) if cfg.stage_size else 1
+
+
+def stage_bounds(cfg: TrainConfig, n_latents: int, step: int) -> tuple[int, int]:
+    """Latents ``[start, end)`` trained at ``step`` (``(0, n_latents)`` without stages)."""
+    if not cfg.stage_size:
+        return 0, n_latents
+    stages = n_stages(cfg, n_latents)
+    stage = min(step * stages // cfg.steps, stages - 1)
+    return stage * cfg.stage_size, min((stage + 1) * cfg.stage_size, n_latents)
+
+
+def loss_terms(
+    sae: SAE,
+    x: Tensor,
+    cfg: TrainConfig,
+    l1: Tensor,
+    ortho_w: Tensor,
+    cache: NeighbourCache | CertifiedCache | None = None,
+    stage: tuple[int, int] | None = None,
+    dead: Tensor | None = None,
+    group: Group | None = None,
+) -> dict[str, Tensor]:
+    """Loss and its components, each [(M,)], for inputs ``x: [(M,) batch, d]``.
+
+    ``stage = (start, end)`` switches latents >= end off and scores only latents in
+    [start, end) with the orthogonality penalty (against all latents < end). ``dead: [(M,) n]``
+    (bool) enables the AuxK loss when the recipe asks for it. ``fired`` ([(M,) n] bool, latents
+    active in the batch) is returned for the trainer's dead-latent tracking. With ``group`` (a
+    data-parallel job, ``x`` this process's slice) the active latents are the union over the
+    processes (the global batch's), and the penalty's neighbour search is split over them.
+    """
+    n = sae.cfg.n_latents
+    start, end = stage or (0, n)
+    sae._check_input(x)
+    pre = sae.pre_acts(x)
+    codes = sae.activate(pre)
+    if end < n:
+        codes = codes * (torch.arange(n, device=codes.device) < end).to(codes.dtype)
+    x_hat = sae.decode(codes)
+    recon = (x - x_hat).square().sum(-1).mean(-1)
+    if cfg.recipe.decoder_norm == "free":  # SAELens: L1 weighted by the decoder row norms
+        sparsity = (codes * sae.W_dec.norm(dim=-1).unsqueeze(-2)).sum(-1).mean(-1)
+    else:
+        sparsity = codes.sum(-1).mean(-1)
+    loss = recon + (l1 * sparsity if sae.cfg.kind == "relu" else 0.0)
+    fired = codes.detach() > 0  # one pass over [batch, n] serves L0 and the active set
+    active = fired.any(dim=-2)
+    if group is not None:
+        active = group.any_(active)
+    use_ortho = bool((ortho_w != 0).any())
+    if use_ortho:
+        scored = active & (torch.arange(n, device=codes.device) >= start) if start > 0 else active
+        pen = ortho_penalty(
+            sae.W_enc, sae.W_dec, codes, cfg.ortho, cache=cache, limit=end if end < n else None, active=scored,
+            shard=group,
+        )
+    else:
+        pen = torch.zeros_like(recon)
+    loss = loss + ortho_w * pen
+    terms = {"loss": loss, "recon": recon, "l1": sparsity, "ortho": pen, "l0": fired.float().sum(-1).mean(-1)}
+    if cfg.recipe.aux_k is not None and dead is not None:
+        if bool(dead.any()):
+            aux = aux_k_loss(pre, sae.W_dec, (x - x_hat).detach(), dead, cfg.recipe.aux_k, cfg.recipe.aux_coeff)
+            terms["loss"] = loss + aux
+        else:  # no dead latent: the AuxK term is 0 (skip its top-k and decode)
+            aux = torch.zeros_like(recon)
+        terms["aux"] = aux
+    terms["fired"] = active
+    return terms
+
+
+def _frozen_slices(sae: SAE, start: int, end: int) -> list[tuple[Tensor, Tensor]]:
+    """Views and copies of the parameters of latents outside [start, end) (incremental training:
+    frozen below ``start``, not yet added from ``end``)."""
+    views = []
+    for lo, hi in ((0, start), (end, sae.cfg.n_latents)):
+        if hi > lo:
+            views += [sae.W_enc[..., lo:hi], sae.b_enc[..., lo:hi], sae.W_dec[..., lo:hi, :]]
+    return [(v, v.detach().clone()) for v in views]
+
+
+@torch.no_grad()
+def _restore(frozen: list[tuple[Tensor, Tensor]]) -> None:
+    for view, saved in frozen:
+        view.copy_(saved)
+
+
+def _clip_per_model(params: list[Tensor], max_norm: float, stacked: bool) -> None:
+    """Clip each model's gradient to global norm ``max_norm`` (one norm per model of a stack)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    if not stacked:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    sq = sum(g.reshape(g.shape[0], -1).square().sum(-1) for g in grads)  # [M]
+    factor = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(factor.reshape(-1, *([1] * (g.ndim - 1))))
+
+
+class Stepper:
+    """One optimiser step of the shared loop, used by :func:`train` and the benchmark.
+
+    Holds the optimiser, the per-model hyperparameter tensors, the neighbour cache and the
+    dead-latent counters (steps since each latent last fired). With ``group`` (a data-parallel
+    job) each call gets the global batch and trains on this process's slice of it, averages the
+    gradients over the processes, and returns the loss terms of the global batch.
+    """
+
+    def __init__(self, sae: SAE, cfg: TrainConfig, group: Group | None = None):
+        check_instance("sae", sae, SAE)
+        check_instance("cfg", cfg, TrainConfig)
+        self.sae, self.cfg, self.group = sae, cfg, group
+        cfg.check_kind(sae.cfg.kind)
+        stages = n_stages(cfg, sae.cfg.n_latents)
+        if cfg.steps < stages:
+            raise ValueError(
+                f"steps={cfg.steps} is fewer than the {stages} stages of stage_size={cfg.stage_size}; "
+                "later stages would never train"
+            )
+        m = sae.cfg.n_models
+        device = sae.W_dec.device
+        self.lr = _per_model("lr", cfg.lr, m).to(device)
+        self.l1 = _per_model("l1_coeff", cfg.l1_coeff, m).to(device)
+        self.ortho_w = _per_model("ortho_weight", cfg.ortho_weight, m).to(device)
+        # fused: one pass over the parameters per step instead of one per Adam operation
+        self.opt = torch.optim.Adam(sae.parameters(), lr=1.0 if m is not None else float(self.lr), fused=True)
+        self.cache = cfg.ortho.make_cache() if bool((self.ortho_w != 0).any()) else None
+        named = list(sae.named_parameters())
+        self.names, self.params = [name for name, _ in named], [p for _, p in named]
+        lead = () if m is None else (m,)
+        self.since_fired = torch.zeros(*lead, sae.cfg.n_latents, dtype=torch.long, device=device)
+
+    def ortho_rows(self) -> Tensor:
+        """The matrix whose rows the penalty compares: decoder rows or encoder columns (in the
+        penalty's precision, :func:`sae_ortho.ortho.penalty_dtype`)."""
+        sae = self.sae
+        return penalty_dtype(sae.W_dec if self.cfg.ortho.target == "decoder" else sae.W_enc.transpose(-1, -2))
+
+    def dead(self) -> Tensor:
+        """[(M,) n] bool: latents that have not fired for ``recipe.dead_steps`` steps."""
+        return self.since_fired >= self.cfg.recipe.dead_steps
+
+    def state_dict(self) -> dict:
+        return {"since_fired": self.since_fired.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.since_fired.copy_(state["since_fired"])
+
+    def __call__(self, x: Tensor, step: int) -> dict[str, Tensor]:
+        sae, cfg, recipe = self.sae, self.cfg, self.cfg.recipe
+        x = check_tensor("the sampled batch x", x, finite=False).to(sae.W_dec.device)
+        if x.ndim >= 2 and x.shape[-2] < cfg.batch_size:
+            raise ValueError(
+                f"the sampled batch x has {x.shape[-2]} row(s) (shape {tuple(x.shape)}), fewer than batch_size="
+                f"{cfg.batch_size}: sample(batch_size) must return batch_size rows (use a smaller batch_size "
+                "or more data)"
+            )
+        group = self.group
+        local = x if group is None else group.slice(x)
+        stage = stage_bounds(cfg, sae.cfg.n_latents, step)
+        if isinstance(self.cache, NeighbourCache):  # candidates among the latents that exist in this stage
+            self.cache.maybe_refresh(self.ortho_rows()[..., : stage[1], :], step, shard=group)
+        l1_f = recipe.l1_factor(step)
+        l1 = self.l1 if l1_f == 1.0 else self.l1 * l1_f
+        dead = self.dead() if recipe.aux_k is not None else None
+        terms = loss_terms(sae, local, cfg, l1, self.ortho_w, cache=self.cache, stage=stage, dead=dead, group=group)
+        fired = terms.pop("fired")
+        report = terms if group is None else self._global(terms)
+        if not torch.isfinite(report["loss"]).all():
+            bad = (~torch.isfinite(report["loss"].reshape(-1))).nonzero().flatten().tolist()
+            raise FloatingPointError(f"non-finite loss at step {step} (models {bad[:10]}); last checkpoint kept")
+        self.opt.zero_grad(set_to_none=True)
+        terms["loss"].sum().backward()
+        if group is not None:
+            for p in self.params:  # every process must join the average, with or without a gradient
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            group.mean_([p.grad for p in self.params])
+        self._check_gradients(step)
+        unit = recipe.decoder_norm == "unit"
+        if unit:
+            sae.remove_parallel_decoder_grad()
+        if recipe.grad_clip is not None:
+            _clip_per_model(self.params, recipe.grad_clip, sae.stacked)
+        frozen = _frozen_slices(sae, *stage)
+        lr_f = recipe.lr_factor(step, cfg.steps)
+        if sae.cfg.n_models is not None:
+            lr = self.lr if lr_f == 1.0 else self.lr * lr_f
+            before = [p.detach().clone() for p in self.params]
+            self.opt.step()
+            with torch.no_grad():
+                for p, p0 in zip(self.params, before):
+                    scale = lr.reshape(-1, *([1] * (p.ndim - 1)))
+                    p.copy_(p0 + scale * (p - p0))
+        else:
+            self.opt.param_groups[0]["lr"] = float(self.lr) * lr_f
+            self.opt.step()
+        if unit:
+            sae.normalize_decoder()
+        _restore(frozen)  # after renormalising, which could move a frozen unit row by an ulp
+        with torch.no_grad():
+            self.since_fired.add_(1).masked_fill_(fired, 0)
+        report["dead"] = self.dead().float().mean(-1)
+        if recipe.resample_every is not None:
+            done = torch.zeros_like(self.since_fired, dtype=torch.bool)
+            if (step + 1) % recipe.resample_every == 0 and step + 1 < cfg.steps:
+                # from the global batch: the same on every process of a data-parallel job
+                done = resample_dead(sae, x, self.dead(), self.opt)
+                self.since_fired.masked_fill_(done, 0)
+            report["resampled"] = done.float().sum(-1)
+        return report
+
+    def _check_gradients(self, step: int) -> None:
+        """Refuse a step with a NaN or inf gradient (it would make the weights non-finite)."""
+        grads = [(name, p.grad) for name, p in zip(self.names, self.params) if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
+            return
+        names = [name for name, g in grads if not bool(torch.isfinite(g).all())]
+        where = ""
+        if self.sae.stacked:
+            bad = torch.zeros(self.sae.cfg.n_models, dtype=torch.bool, device=grads[0][1].device)
+            for _, g in grads:
+                bad |= ~torch.isfinite(g.reshape(g.shape[0], -1)).all(-1)
+            where = f", models {bad.nonzero().flatten().tolist()[:10]}"
+        raise FloatingPointError(
+            f"non-finite gradient at step {step} (parameters {names}{where}, dtype {self.params[0].dtype}); "
+            "last checkpoint kept"
+        )
+
+    def _global(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The loss terms of the global batch: every term is a mean over equal-size slices."""
+        names = list(terms)
+        stacked = torch.stack([terms[k].detach() for k in names])
+        self.group.mean_([stacked])
+        return dict(zip(names, stacked))
+
+    @torch.no_grad()
+    def init_from_data(self, sample: Callable[[int], Tensor]) -> None:
+        """Before the first step: ``b_dec`` from a data sample and free-norm decoder rows, as the
+        recipe says (nothing with the default recipe)."""
+        sae, recipe = self.sae, self.cfg.recipe
+        if recipe.init_decoder_norm is not None:
+            sae.W_dec.mul_(recipe.init_decoder_norm / sae.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            sae.W_enc.copy_(sae.W_dec.transpose(-1, -2))
+        if recipe.b_dec_init == "zeros":
+            return
+        x = sample(recipe.b_dec_init_samples).to(sae.W_dec.device).float()  # [(M,) S, d]
+        centre = x.mean(-2) if recipe.b_dec_init == "mean" else geometric_median(x)
+        sae.b_dec.copy_(centre)
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    """A copy of ``t`` as a numpy array (float16 / bfloat16 as float32: numpy has no bfloat16)."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy().copy()
+
+
+def _to(obj, device: torch.device):
+    """obj with every tensor inside (dicts, lists, tuples) moved to ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
+def train(
+    sae: SAE,
+    sample: Callable[[int], Tensor],
+    cfg: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = True,
+    desc: str = "train",
+    group: Group | None = None,
+) -> TrainResult:
+    """Train ``sae`` in place on batches from ``sample(batch_size) -> x: [(M,) batch, d]``.
+
+    Args:
+        sae: the (possibly stacked) SAE.
+        sample: draws a batch; it should use the global torch generator (saved in checkpoints),
+            so a resumed run sees the same data as an uninterrupted one. In a data-parallel job it
+            draws the global batch, the same on every process (same seed), and each process
+            trains on its slice.
+        cfg: hyperparameters.
+        checkpoint_dir: where ``checkpoint.pt`` lives; resumed from if present and matching. In
+            a data-parallel job rank 0 writes it and every process reads it, so it must be a
+            folder that every process sees (any folder on one machine).
+        progress: show a tqdm bar (rank 0 only in a data-parallel job).
+        group: the data-parallel job; by default the running torch.distributed job if it has
+            more than one process (:func:`sae_ortho.training.distributed.current`), else none.
+
+    Raises:
+        FloatingPointError: a non-finite loss or gradient, naming the step (a checkpoint is never
+            written with non-finite weights); the last checkpoint is kept.
+        TypeError: ``cfg`` is not a :class:`TrainConfig` (e.g. a dict).
+        ValueError: a sampled batch with fewer rows than ``batch_size``, an option without effect
+            for the SAE's kind (:meth:`TrainConfig.check_kind`), a checkpoint in
+            ``checkpoint_dir`` from a different configuration, or
+            ``checkpoint_dir`` is a file (checked before training), a batch that does not divide
+            over the processes, or processes seeded differently.
+        sae_ortho.training.checkpoint.CheckpointError: a damaged, truncated or other-version checkpoint (a
+            ``ValueError``; the message names the file).
+        OSError: a checkpoint could not be written (e.g. a full disk); the previous one is kept.
+        sae_ortho.training.distributed.CollectiveError: another process stopped (or the network failed); the
+            message names the step and the last checkpoint, from which a new run resumes.
+    """
+    check_instance("cfg", cfg, TrainConfig)
+    check_callable("sample", sample)
+    check_bool("progress", progress)
+    check_str("desc", desc, empty=True)
+    group = group if group is not None else distributed.current()
+    world = 1 if group is None else group.world
+    if cfg.batch_size % world:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} is the global batch and must divide evenly over the {world} processes"
+        )
+    stepper = Stepper(sae, cfg, group)
+    opt, cache = stepper.opt, stepper.cache
+    # The output folder is checked before any training, not when the first checkpoint is due.
+    ckpt = None if checkpoint_dir is None else check_output_dir("checkpoint_dir", checkpoint_dir) / "checkpoint.pt"
+    if ckpt is not None and ckpt.is_dir():
+        raise ValueError(f"checkpoint_dir holds a folder named {ckpt.name}: {ckpt}; move it away or pass another folder")
+    fingerprint = cfg.fingerprint(sae)
+    history: dict[str, list[np.ndarray]] = {}
+    snapshots: dict[int, dict[str, Tensor]] = {}
+    start = 0
+    if ckpt is not None and ckpt.exists():
+        state = load_checkpoint(ckpt)
+        if state.get("fingerprint") != fingerprint:
+            raise ValueError(f"checkpoint {ckpt} is from a different configuration; remove it or use another folder")
+        sae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        history, start = state["history"], state["step"]
+        snapshots = state.get("snapshots", {})
+        if cache is not None and state.get("cache") is not None:
+            cache.load_state_dict(_to(state["cache"], sae.W_dec.device))
+        if state.get("stepper") is not None:
+            stepper.load_state_dict(state["stepper"])
+        written_by = state.get("world_size", 1)
+        if written_by != world and (group is None or group.rank == 0):
+            # The data stream (global batches from the shared generator) does not depend on the
+            # number of processes, so the run continues as it would have; only the float
+            # rounding of the gradient average differs.
+            warnings.warn(
+                f"resuming {ckpt} (step {start}), written by {written_by} process(es), with {world}: "
+                "the same global batches follow; results agree with an uninterrupted run to float "
+                "rounding, not bit for bit",
+                stacklevel=2,
+            )
+    else:
+        stepper.init_from_data(sample)
+    if group is not None:
+        _start_together(group, sae, start, ckpt)
+
+    def checkpoint(step: int) -> None:
+        if ckpt is None:
+            return
+        if group is not None:
+            same = group.agree(torch.cat([distributed.fingerprint(p) for p in sae.parameters()]))
+            if not same:
+                raise RuntimeError(f"the parameters differ between processes at step {step}; not writing {ckpt}")
+            if group.rank != 0:
+                return
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(
+            ckpt,
+            {
+                "fingerprint": fingerprint,
+                "model": sae.state_dict(),
+                "optimizer": opt.state_dict(),
+                "rng": torch.get_rng_state(),
+                "history": history,
+                "step": step,
+                "cache": None if cache is None else cache.state_dict(),
+                "stepper": stepper.state_dict(),
+                "snapshots": snapshots,
+                "world_size": world,
+            },
+            finite=("model", "optimizer"),
+        )
+
+    snap_at = set(cfg.snapshot_steps)
+    show = progress and (group is None or group.rank == 0)
+    # refresh interval: tqdm's default, or TQDM_MININTERVAL from the environment (the Makefile sets 30 s)
+    bar = tqdm(range(start, cfg.steps), desc=desc, disable=not show, initial=start, total=cfg.steps)
+    saved = start if ckpt is not None and ckpt.exists() else None
+    step = start
+    try:
+        for step in bar:
+            terms = stepper(sample(cfg.batch_size), step)
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                rec = {k: _numpy(v) for k, v in terms.items()}
+                rec["step"] = np.asarray(step + 1)
+                for k, v in rec.items():
+                    history.setdefault(k, []).append(v)
+                if show:
+                    bar.set_postfix(loss=f"{float(terms['loss'].detach().mean()):.4g}", refresh=False)
+            if step + 1 in snap_at:
+                snapshots[step + 1] = {k: v.detach().cpu().clone() for k, v in sae.state_dict().items()}
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                checkpoint(step + 1)
+                saved = step + 1
+        if ckpt is not None and start < cfg.steps:
+            checkpoint(cfg.steps)
+    except CollectiveError as e:
+        kept = f"The checkpoint of step {saved} in {ckpt.parent} is kept" if saved is not None else "No checkpoint was written"
+        raise CollectiveError(f"training stopped at step {step}: {e}. {kept}; run the same command again to resume") from e
+    return TrainResult(
+        {k: np.stack(v) for k, v in history.items()},
+        resumed_from=start,
+        stale_agreement=list(cache.stale_agreement) if isinstance(cache, NeighbourCache) else [],
+        stale_max_error=list(cache.stale_max_error) if isinstance(cache, NeighbourCache) else [],
+        snapshots=snapshots,
+        certified=cache.summary() if isinstance(cache, CertifiedCache) else {},
+        world_size=world,
+    )
+
+
+def _start_together(group: Group, sae: SAE, start: int, ckpt: Path | None) -> None:
+    """Check that every process resumes from the same step and draws the same data, and give
+    every process rank 0's parameters (as DistributedDataParallel does)."""
+    if not group.agree(torch.tensor([start], dtype=torch.long)):
+        raise ValueError(
+            f"the processes resume from different steps (this one from {start}): the checkpoint folder "
+            f"{None if ckpt is None else ckpt.parent} must be one that every process sees"
+        )
+    if not group.agree(distributed.rng_fingerprint()):
+        raise ValueError(
+            "the global torch generator differs between processes: seed every process the same "
+            "(sae_ortho.core.reproducibility.setup(seed)), so that all draw the same global batch"
+        )
+    group.broadcast_(list(sae.parameters()))

@@ -1,0 +1,260 @@
+"""Command line: train one SAE on cached activations or toy data, on one process or on many.
+
+    python -m sae_ortho.training.train_sae --data toy --n-latents 4096 --steps 2000 --out runs/toy
+    torchrun --standalone --nproc_per_node=8 -m sae_ortho.training.train_sae \\
+        --data cache/activations/<key> --n-latents 100000 --batch-size 8192 --steps 100000 \\
+        --ortho-weight 0.01 --ortho-method certified --checkpoint-every 1000 --out runs/big
+
+``--data`` is ``toy`` (random sparse features, :mod:`sae_ortho.data.toy`) or a cache folder written by
+:mod:`sae_ortho.data.activations` (verified before use; inputs scaled so that ``mean ||x||^2 = d``; the rows
+drawn are read from the memory-mapped shards unless ``--data-in-memory``). Under
+torchrun every process trains on its slice of each global batch of ``--batch-size`` inputs and
+gradients are averaged (:mod:`sae_ortho.training.distributed`; nccl on GPUs, each process on GPU
+``LOCAL_RANK``; gloo on CPUs). Rank 0 writes ``<out>/checkpoint.pt`` every
+``--checkpoint-every`` steps and at the end the SAE in the SAELens format (``<out>/sae``, in raw
+activation units) and ``<out>/summary.json`` (final loss terms, throughput, the certified cache's
+report). Running the same command again resumes from the checkpoint, also on another number of
+processes (the same global batches follow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sae_ortho.core.atomic import atomic_write
+from sae_ortho.core.reproducibility import setup
+from sae_ortho.models.sae import SAE, SAE_KINDS, SAEConfig
+from sae_ortho.ortho import METHODS, PENALTY_SHAPES, OrthoConfig
+from sae_ortho.training import distributed
+from sae_ortho.training.train import TrainConfig, train
+
+DEVICES = ("auto", "cpu", "cuda")
+L1_DEFAULT = 1e-3  # --l1-coeff of ReLU SAEs
+# Ortho flags used only by some methods: flag -> (methods, default).
+METHOD_FLAGS = {"cache_k": (("cached", "certified"), 64), "refresh_every": (("cached",), 100),
+                "check_rows": (("certified",), 64)}
+TOY_DEFAULTS = {"toy_features": 1024, "toy_d": 128, "toy_p": 0.01}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sae_ortho.training.train_sae", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="'toy' or a cache folder written by sae_ortho.data.activations")
+    p.add_argument("--out", required=True, help="run folder: checkpoint, final SAE, summary")
+    p.add_argument("--n-latents", type=int, required=True)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=4096, help="global batch (split over the processes)")
+    p.add_argument("--kind", default="relu", help=f"one of {SAE_KINDS}")
+    p.add_argument("--k", type=int, default=None, help="active latents per input for --kind topk")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--l1-coeff", type=float, default=None, help=f"ReLU SAEs (default {L1_DEFAULT})")
+    p.add_argument("--ortho-weight", type=float, default=0.0, help="lambda_orth (0: no penalty)")
+    p.add_argument("--ortho-method", default="certified", help=f"one of {METHODS}")
+    p.add_argument("--ortho-shape", default="neglog", help=f"one of {tuple(PENALTY_SHAPES)}")
+    p.add_argument("--cache-k", type=int, default=None,
+                   help=f"candidates per latent (cached, certified; default {METHOD_FLAGS['cache_k'][1]})")
+    p.add_argument("--refresh-every", type=int, default=None,
+                   help=f"cached: steps between refreshes (default {METHOD_FLAGS['refresh_every'][1]})")
+    p.add_argument("--check-rows", type=int, default=None,
+                   help=f"certified: rows checked against the exact search per step (default {METHOD_FLAGS['check_rows'][1]})")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help=f"one of {DEVICES}; auto: this process's GPU if any")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / processes)")
+    p.add_argument("--timeout-s", type=float, default=600.0, help="how long a collective waits for the others")
+    p.add_argument("--toy-features", type=int, default=None, help=f"toy data: ground-truth features (default {TOY_DEFAULTS['toy_features']})")
+    p.add_argument("--toy-d", type=int, default=None, help=f"toy data: input dimension (default {TOY_DEFAULTS['toy_d']})")
+    p.add_argument("--toy-p", type=float, default=None,
+                   help=f"toy data: firing probability of each feature (default {TOY_DEFAULTS['toy_p']})")
+    p.add_argument("--data-in-memory", action="store_true",
+                   help="hold the whole activation cache on the device (default: stream the drawn rows from the "
+                        "memory-mapped shards, for caches of any size)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check(a: argparse.Namespace) -> None:
+    """Every flag validated before any work, the output folder included; errors name the flag.
+    Fills in the defaults of the flags that depend on others (see :func:`check_unused`)."""
+    for flag, allowed in (("kind", SAE_KINDS), ("ortho_method", METHODS), ("ortho_shape", tuple(PENALTY_SHAPES)),
+                          ("device", DEVICES)):
+        if getattr(a, flag) not in allowed:
+            raise SystemExit(f"{_flag(flag)} must be one of {', '.join(allowed)}, got {getattr(a, flag)!r}")
+    check_unused(a)
+    for flag in ("n_latents", "steps", "batch_size", "cache_k", "refresh_every", "log_every", "toy_features", "toy_d"):
+        if getattr(a, flag) is not None and getattr(a, flag) <= 0:
+            raise SystemExit(f"{_flag(flag)} must be a positive integer, got {getattr(a, flag)}")
+    for flag in ("checkpoint_every", "check_rows", "seed"):
+        if getattr(a, flag) is not None and getattr(a, flag) < 0:
+            raise SystemExit(f"{_flag(flag)} must be an integer >= 0, got {getattr(a, flag)}")
+    if a.kind == "topk" and (a.k is None or not 1 <= a.k <= a.n_latents):
+        raise SystemExit(f"--k must be an integer in [1, --n-latents] for --kind topk, got {a.k}")
+    if not (math.isfinite(a.lr) and a.lr > 0):
+        raise SystemExit(f"--lr must be a finite number > 0, got {a.lr}")
+    if a.l1_coeff is not None and not (math.isfinite(a.l1_coeff) and a.l1_coeff >= 0):
+        raise SystemExit(f"--l1-coeff must be a finite number >= 0, got {a.l1_coeff}")
+    if not math.isfinite(a.ortho_weight):
+        raise SystemExit(f"--ortho-weight must be a finite number, got {a.ortho_weight}")
+    if a.toy_p is not None and not (0 < a.toy_p <= 1):
+        raise SystemExit(f"--toy-p must be in (0, 1], got {a.toy_p}")
+    if a.threads is not None and a.threads <= 0:
+        raise SystemExit(f"--threads must be a positive integer, got {a.threads}")
+    if not (math.isfinite(a.timeout_s) and a.timeout_s > 0):
+        raise SystemExit(f"--timeout-s must be a number > 0, got {a.timeout_s}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is available")
+    if a.data != "toy" and not (Path(a.data) / "meta.json").is_file():
+        raise SystemExit(f"--data must be 'toy' or a cache folder written by sae_ortho.data.activations (with meta.json), got {a.data!r}")
+    check_out(a.out)
+
+
+def check_unused(a: argparse.Namespace) -> None:
+    """A flag that has no effect with the other flags (``--k`` or ``--l1-coeff`` for the other
+    kind, ``--cache-k`` with a method without a cache, a toy option with a cache folder ...) is an
+    error, not ignored; the defaults of the flags that apply are filled in."""
+    unused = []
+    if a.kind != "topk" and a.k is not None:
+        unused.append(("k", "--kind topk"))
+    if a.kind != "relu" and a.l1_coeff is not None:
+        unused.append(("l1_coeff", "--kind relu (TopK SAEs have no L1 term)"))
+    for name, (methods, _) in METHOD_FLAGS.items():
+        if a.ortho_method not in methods and getattr(a, name) is not None:
+            unused.append((name, "--ortho-method " + " or ".join(methods)))
+    if a.data != "toy":
+        unused += [(name, "--data toy") for name in TOY_DEFAULTS if getattr(a, name) is not None]
+    elif a.data_in_memory:
+        unused.append(("data_in_memory", "--data <an activation cache>"))
+    for name, needs in unused:
+        raise SystemExit(f"{_flag(name)} only applies to {needs}, which this run does not use")
+    if a.kind == "relu" and a.l1_coeff is None:
+        a.l1_coeff = L1_DEFAULT
+    for name, (methods, default) in METHOD_FLAGS.items():
+        if a.ortho_method in methods and getattr(a, name) is None:
+            setattr(a, name, default)
+    if a.data == "toy":
+        for name, default in TOY_DEFAULTS.items():
+            if getattr(a, name) is None:
+                setattr(a, name, default)
+
+
+def check_out(folder: str) -> None:
+    """The run folder and everything written there at the end (the SAE, the summary), checked
+    before any training."""
+    from sae_ortho.core.validation import check_output_dir
+    from sae_ortho.models.saelens_io import check_save_folder
+
+    out = Path(folder)
+    try:
+        check_output_dir("--out", out)
+        check_save_folder(out / "sae")
+    except (ValueError, OSError) as e:  # OSError: PermissionError, a folder that cannot be written
+        raise SystemExit(str(e) if str(e).startswith("--out") else f"--out {folder!r}: {e}") from None
+    if out.is_dir() and any(out.iterdir()) and not (out / "checkpoint.pt").exists():
+        raise SystemExit(f"--out {folder!r} is not empty and holds no checkpoint to resume from; choose another folder")
+    for name in ("checkpoint.pt", "summary.json"):
+        if (out / name).exists() and not (out / name).is_file():
+            raise SystemExit(f"--out {folder!r} holds a folder named {name}; move it away or choose another folder")
+
+
+def open_activations(folder: str):
+    """The verified activation cache in ``folder`` and its input scale."""
+    from sae_ortho.data import activations  # the toy path does not need safetensors
+
+    path = Path(folder)
+    meta = json.loads((path / activations.META_FILE).read_text())
+    fields = [f.name for f in dataclasses.fields(activations.CacheSpec)]
+    try:
+        spec = activations.CacheSpec(**{k: meta[k] for k in fields})
+    except (KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"--data {folder!r}: meta.json is not an activation cache's ({e})") from e
+    if spec.key() != path.name:
+        raise SystemExit(f"--data {folder!r}: the folder must keep the name the cache was written under ({spec.key()})")
+    store = activations.open_cache(spec, root=path.parent)
+    return store, activations.norm_scale(store), {"dataset_path": str(path), "model_name": spec.model,
+                                                  "hook_name": f"blocks.{spec.layer}.hook_resid_post"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
+    check(a)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    setup(a.seed, a.threads or max(1, (os.cpu_count() or 1) // local_world))
+    group = distributed.init("gloo" if a.device == "cpu" else None, timeout_s=a.timeout_s)
+    try:
+        run(a, group)
+    except distributed.CollectiveError as e:
+        raise SystemExit(f"error: {e}") from None
+    finally:
+        distributed.shutdown()
+
+
+def run(a: argparse.Namespace, group: distributed.Group | None) -> None:
+    rank, world = (0, 1) if group is None else (group.rank, group.world)
+    if a.batch_size % world:
+        raise SystemExit(f"--batch-size {a.batch_size} must divide evenly over the {world} processes")
+    if a.device == "auto":
+        device = group.device if group is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device("cuda", torch.cuda.current_device()) if a.device == "cuda" else torch.device("cpu")
+    if a.data == "toy":
+        from sae_ortho.data import toy
+
+        data = toy.ToyData(
+            toy.ToyDataConfig(a.toy_features, a.toy_d, embedding="random", p=a.toy_p),
+            generator=torch.Generator().manual_seed(a.seed),
+        )
+        d, scale, metadata = a.toy_d, 1.0, {"dataset_path": "toy"}
+        sample = lambda b: data.sample(b).x.to(device)
+    else:
+        store, scale, metadata = open_activations(a.data)
+        d, sample = store.d, store.sampler(scale, device, in_memory=a.data_in_memory)
+    sae_cfg = SAEConfig(d=d, n_latents=a.n_latents, kind=a.kind, k=a.k if a.kind == "topk" else None)
+    options = {name: getattr(a, name) for name, (methods, _) in METHOD_FLAGS.items() if a.ortho_method in methods}
+    ortho = OrthoConfig(shape=a.ortho_shape, method=a.ortho_method, **options)
+    try:
+        # TopK: no L1 term (0, as sae_ortho.experiments.runs records it)
+        cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, l1_coeff=a.l1_coeff if a.kind == "relu" else 0.0,
+                          ortho_weight=a.ortho_weight, ortho=ortho, log_every=a.log_every,
+                          checkpoint_every=a.checkpoint_every)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(a.seed)).to(device)
+    out = Path(a.out)
+    t0 = time.perf_counter()
+    res = train(sae, sample, cfg, checkpoint_dir=out, progress=not a.no_progress, desc=f"train x{world}", group=group)
+    seconds = time.perf_counter() - t0
+    if rank != 0:
+        return
+    from sae_ortho.models.saelens_io import save_sae_lens
+
+    save_sae_lens(sae.cpu(), out / "sae", input_scale=scale, metadata=metadata)
+    steps_run = a.steps - res.resumed_from
+    last = {k: float(v[-1].mean()) for k, v in res.history.items() if k != "step"}
+    summary = {
+        "world_size": world, "device": str(device), "threads_per_process": torch.get_num_threads(),
+        "steps": a.steps, "resumed_from": res.resumed_from, "batch_size": a.batch_size,
+        "seconds": seconds, "steps_per_s": steps_run / seconds if steps_run else None,
+        "inputs_per_s": steps_run * a.batch_size / seconds if steps_run else None,
+        "final": last, "certified": res.certified, "args": vars(a),
+    }
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1))
+    rate = f", {summary['inputs_per_s']:.0f} inputs/s" if steps_run else " (already finished)"
+    print(f"trained {a.steps} steps on {world} process(es){rate}; wrote {out / 'sae'} and {out / 'summary.json'}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
