@@ -41,7 +41,8 @@ def train_job(job: dict, group=None) -> dict:
     setup(job.get("seed", 0), threads=1)
     data = SparseData()
     n_models = job.get("n_models")
-    sae = SAE(SAEConfig(d=D, n_latents=N, n_models=n_models))
+    kind = job.get("sae_kind", "relu")
+    sae = SAE(SAEConfig(d=D, n_latents=N, n_models=n_models, kind=kind, k=3 if kind == "topk" else None))
     calls = {"n": 0}
     crash = job.get("crash")  # [rank, call]: that rank dies abruptly when drawing that batch
 
@@ -57,8 +58,9 @@ def train_job(job: dict, group=None) -> dict:
     options = {"cache_k": job.get("cache_k", 3), "refresh_every": 5, "check_rows": 4}
     ortho = OrthoConfig(method=method, chunk=job.get("chunk", 5),
                         **{name: v for name, v in options.items() if method in METHOD_OPTIONS[name]})
-    cfg = TrainConfig(steps=job.get("steps", 24), batch_size=job.get("batch", 32), lr=1e-2, l1_coeff=0.05,
-                      ortho_weight=0.1, ortho=ortho, log_every=4, checkpoint_every=job.get("checkpoint_every", 0))
+    cfg = TrainConfig(steps=job.get("steps", 24), batch_size=job.get("batch", 32), lr=1e-2,
+                      l1_coeff=0.05 if kind == "relu" else 0.0, ortho_weight=0.1, ortho=ortho, log_every=4,
+                      checkpoint_every=job.get("checkpoint_every", 0), kernel=job.get("kernel", "dense"))
     res = train(sae, sample, cfg, checkpoint_dir=job.get("folder"), progress=False, group=group)
     return {"params": {k: v.detach().clone() for k, v in sae.state_dict().items()}, "history": res.history,
             "resumed_from": res.resumed_from, "world_size": res.world_size, "certified": res.certified}

@@ -37,6 +37,8 @@ JOBS = [
     {**TRAIN, "name": "chunked"},
     {**TRAIN, "name": "certified", "method": "certified"},
     {**TRAIN, "name": "stacked-cached", "method": "cached", "n_models": 2},
+    {**TRAIN, "name": "sparse-relu", "kernel": "sparse"},  # the sparse step (sae_ortho.models.sparse)
+    {**TRAIN, "name": "sparse-topk-certified", "kernel": "sparse", "sae_kind": "topk", "method": "certified"},
 ]
 
 
@@ -110,7 +112,7 @@ def test_sharded_search_equals_single_process_exactly(two_ranks):
             assert summary["agreement"] == 1.0
 
 
-@pytest.mark.parametrize("name", ["chunked", "certified", "stacked-cached"])
+@pytest.mark.parametrize("name", ["chunked", "certified", "stacked-cached", "sparse-relu", "sparse-topk-certified"])
 def test_two_processes_match_one_process(two_ranks, name):
     results, _ = two_ranks
     job = next(j for j in JOBS if j["name"] == name)

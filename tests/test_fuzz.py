@@ -190,6 +190,7 @@ INVALID = {
                 st.sampled_from([5, "5", None, (0,), (11,), (True,), (2.0,)]),
                 st.tuples(st.integers(min_value=11, max_value=100)),
             ),
+            "kernel": bad_choice(("dense", "sparse", "auto")),
         },
     ),
     ToyDataConfig: (
@@ -267,6 +268,7 @@ INVALID = {
             "ortho": st.sampled_from(["chunked", None, 1.0]),
             "recipe": st.sampled_from(["default", {"warmup_steps": 1}, 3]),
             "snapshots": bad_int(0),
+            "kernel": bad_choice(("dense", "sparse", "auto")),
         },
     ),
     Variant: (

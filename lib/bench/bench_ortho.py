@@ -77,6 +77,7 @@ class Result:
     certified: dict | None = None
     # --paired: the vanilla step timed in the same process, alternating with this method's steps
     paired_vanilla_s: float = float("nan")
+    kernel: str = "dense"  # the training step (sae_ortho.training.train.TrainConfig.kernel), the same for vanilla
 
 
 # Command-line options: default, smallest allowed value, and the methods that use it (None: all).
@@ -163,7 +164,7 @@ def _method_options(method: str, k: int, refresh: int, ortsae_chunk: int, check_
 def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh: int,
             ortsae_chunk: int, stage_size: int, check_rows: int, threads: int, stale_steps: int = 0,
             certified_k: int = 64, certified_steps: int = 20, warm_steps: int = 20, certified_check: int = 64,
-            paired: bool = False) -> Result:
+            paired: bool = False, kernel: str = "dense") -> Result:
     """Time ``steps`` training steps of one method (after one warm-up step) in this process.
 
     With ``paired``, a vanilla SAE with the same start is stepped on the same inputs in this
@@ -182,7 +183,7 @@ def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh
         ortho_weight=0.0 if method == "vanilla" else 1e-2,
         ortho=OrthoConfig(method=ortho_method, **_method_options(ortho_method, certified_k if method == "certified" else k,
                                                                   refresh, ortsae_chunk, certified_check)),
-        stage_size=stage_size if method == "incremental" else 0,
+        stage_size=stage_size if method == "incremental" else 0, kernel=kernel,
     )
     if method == "certified":
         steps = certified_steps
@@ -236,6 +237,7 @@ def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh
     return Result(
         method, n, d, batch, step_s, refresh_s, amortised, _peak_rss_mb(), active,
         agreement, err, _matmul_gflops(batch, d, n), vanilla_flops, certified=report, paired_vanilla_s=paired_s,
+        kernel=kernel,
     )
 
 
@@ -433,7 +435,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--paired", action="store_true",
                    help="also time a vanilla step beside each method's, alternating, in its process "
                         "(for a machine whose load changes during the run)")
-    p.add_argument("--scaling", action="store_true", help="n = 4096 ... 100,000 at d = 768: figure + CSV")
+    p.add_argument("--scaling", action="store_true", help="n = 4096 ... 100,000 at d = 768: figure + CSV (the "
+                   "rows of the methods and kernel run replace theirs in an existing CSV; the others are kept)")
+    p.add_argument("--kernel", default="dense", choices=("dense", "sparse"),
+                   help="the training step of every method and of vanilla (sae_ortho.training.train.TrainConfig.kernel)")
     p.add_argument("--quality", action="store_true", help="toy ground-truth recovery per method, then exit")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -450,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     kw = {"d": a.d, "batch": a.batch, "steps": a.steps, "k": a.k, "refresh": a.refresh_every,
               "ortsae_chunk": a.ortsae_chunk, "stage_size": a.stage_size, "check_rows": a.check_rows, "threads": a.threads,
               "stale_steps": a.stale_steps, "certified_k": a.certified_k, "certified_steps": a.certified_steps,
-              "warm_steps": a.warm_steps, "certified_check": a.certified_check, "paired": a.paired}
+              "warm_steps": a.warm_steps, "certified_check": a.certified_check, "paired": a.paired,
+              "kernel": a.kernel}
     sizes = [4096, 16384, 32768, 65536, 100000] if a.scaling else [a.n]
     all_results = []
     for n in sizes:
@@ -458,20 +464,34 @@ def main(argv: list[str] | None = None) -> None:
         all_results += results
         print(report(results), flush=True)
     if a.scaling:
-        save_scaling(all_results)
+        save_scaling(all_results, methods)
 
 
-def save_scaling(results: list[Result]) -> None:
-    """Write results/ortho_scaling.csv and figures/ortho_scaling.png."""
+def save_scaling(results: list[Result], methods: list[str]) -> None:
+    """Write results/ortho_scaling.csv and figures/ortho_scaling.png.
+
+    Rows of an existing CSV are replaced only for the ``methods`` asked for (the vanilla step that
+    every run times too replaces the stored one only when asked for): a run that adds a method
+    keeps the others' rows, and its ratios against vanilla are in its own ``paired_vanilla_s``."""
     import pandas as pd
 
     from sae_ortho.reporting import plotting
 
     df = pd.DataFrame([asdict(r) for r in results])
+    path = RESULTS / "ortho_scaling.csv"
+    if path.exists():  # keep the rows of the methods (and kernel) this run did not measure
+        old = pd.read_csv(path)
+        if "kernel" not in old:
+            old["kernel"] = "dense"
+        ran = {(m, k) for m, k in zip(df.method, df.kernel) if m in methods}
+        df = df[[m in methods for m in df.method]]
+        old = old[[(m, k) not in ran for m, k in zip(old.method, old.kernel)]]
+        df = pd.concat([old, df], ignore_index=True)
     RESULTS.mkdir(exist_ok=True)
     with replacing(RESULTS / "ortho_scaling.csv") as tmp:
         df.to_csv(tmp, index=False)
-    series = {m: g.sort_values("n") for m, g in df.groupby("method", sort=False)}
+    label = df.method.where(df.kernel == "dense", df.method + " (" + df.kernel + " step)")
+    series = {m: g.sort_values("n") for m, g in df.groupby(label, sort=False)}
     fig = plotting.scaling(
         {m: (g.n.to_numpy(), g.amortised_s.to_numpy(), g.peak_rss_mb.to_numpy()) for m, g in series.items()},
         title=f"Orthogonality penalty cost, d={df.d.iloc[0]}, batch={df.batch.iloc[0]}",

@@ -96,7 +96,9 @@ class LMData:
     harvest_tokens_per_s: float | None
 
 
-def _specs(cfg: LMDataConfig, model: lm.LoadedModel, corpus_name: str, split: str, tokens: Tensor):
+def cache_specs(cfg: LMDataConfig, model: lm.LoadedModel, corpus_name: str, split: str,
+                tokens: Tensor) -> list[activations.CacheSpec]:
+    """The cache specs (one per layer of ``cfg``) of harvesting ``tokens`` of a corpus split."""
     # The token ids' hash is part of the key: a change in the corpus, its split or the tokenizer
     # gives a new cache instead of silently reusing activations of other text.
     digest = hashlib.sha256(tokens.numpy().tobytes()).hexdigest()[:12]
@@ -131,7 +133,7 @@ def prepare(cfg: LMDataConfig, root: str | Path | None = None, progress: bool = 
 
     stores, seconds, harvested = {}, 0.0, 0
     for split, tokens in (("train", train_tokens), ("eval", eval_tokens)):
-        specs = _specs(cfg, model, text.name, split, tokens)
+        specs = cache_specs(cfg, model, text.name, split, tokens)
         # Only whether a cache folder exists (harvest verifies it): open_cache would hash every
         # shard here and harvest would hash them all again.
         missing = [s for s in specs if not (root / "activations" / s.key()).exists()]

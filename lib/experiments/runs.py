@@ -173,6 +173,8 @@ class LMSAESpec:
             (:func:`sae_ortho.training.recipe.lm_recipe`, which depends on the kind, the steps and d).
         snapshots: decoder snapshots kept at evenly spaced steps (for the cross-seed match
             against training tokens); 0 for none.
+        kernel: how each step is computed (:class:`sae_ortho.training.train.TrainConfig`);
+            ``"dense"``, the reference, keeps the keys of runs stored before the sparse step.
     """
 
     name: str
@@ -187,6 +189,7 @@ class LMSAESpec:
     ortho: OrthoConfig = field(default_factory=OrthoConfig)
     recipe: Recipe | None = None
     snapshots: int = 4
+    kernel: str = "dense"
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -214,6 +217,7 @@ class LMSAESpec:
             checkpoint_every=max(1, steps // 10),  # an interrupted run resumes, losing < 10%
             recipe=self.recipe if self.recipe is not None else lm_recipe(self.kind, steps, d),
             snapshot_steps=tuple(sorted({min(steps, every * i) for i in range(1, self.snapshots + 1)})) if every else (),
+            kernel=self.kernel,
         )
         return sae_cfg, cfg
 

@@ -907,7 +907,7 @@ def nearest_neighbour_abs_cos(W_dec: Tensor, rows: Tensor | None = None, tie_tol
 def ortho_penalty(
     W_enc: Tensor,
     W_dec: Tensor,
-    codes: Tensor,
+    codes: Tensor | None,
     cfg: OrthoConfig,
     cache: NeighbourCache | CertifiedCache | None = None,
     limit: int | None = None,
@@ -917,7 +917,8 @@ def ortho_penalty(
     """Mean penalty over the scored latents, per model.
 
     Args:
-        W_enc: [(M,) d, n]; W_dec: [(M,) n, d]; codes: [(M,) batch, n] (the batch's activations).
+        W_enc: [(M,) d, n]; W_dec: [(M,) n, d]; codes: [(M,) batch, n] (the batch's activations), or None
+            when ``active`` is given.
         cfg: how to compute it.
         cache: the neighbour cache, required for the ``CACHE_METHODS`` (``"cached"``: refreshed
             by the caller).
@@ -936,7 +937,10 @@ def ortho_penalty(
     check_instance("cfg", cfg, OrthoConfig)
     check_tensor("W_enc", W_enc, (2, 3), finite=False)
     check_tensor("W_dec", W_dec, (2, 3), finite=False)
-    check_tensor("codes", codes, W_dec.ndim, finite=False)
+    if codes is None and active is None:
+        raise ValueError("ortho_penalty needs the batch's codes or its active set (active=)")
+    if codes is not None:
+        check_tensor("codes", codes, W_dec.ndim, finite=False)
     check_instance("cache", cache, (NeighbourCache, CertifiedCache), optional=True)
     limit = check_int("limit", limit, 1, W_dec.shape[-2], optional=True)
     W = penalty_dtype(W_dec if cfg.target == "decoder" else W_enc.transpose(-1, -2))

@@ -64,6 +64,21 @@ def render(readme: str, section: str) -> str:
     return f"{head}{BEGIN}\n\n{section.strip()}\n\n{END}{tail}"
 
 
+def read_tables(text: str) -> list[list[dict[str, str]]]:
+    """The Markdown tables in ``text`` (as this project's benchmarks write them), each a list of
+    rows ``{header: cell}`` (cells stripped, as strings)."""
+    tables, block = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        if len(block) >= 2:
+            header = block[0]
+            tables.append([dict(zip(header, row)) for row in block[2:]])  # block[1]: the |---| line
+        block = []
+    return tables
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the README is not up to date")

@@ -45,6 +45,7 @@ from sae_ortho.core.validation import (
     canonical_json,
     check_bool,
     check_callable,
+    check_choice,
     check_default,
     check_float,
     check_instance,
@@ -55,6 +56,7 @@ from sae_ortho.core.validation import (
     check_tensor,
 )
 from sae_ortho.models.sae import SAE
+from sae_ortho.models.sparse import Entries, decode_entries, encode_at
 from sae_ortho.ortho import (
     BOUNDED_SHAPES,
     CertifiedCache,
@@ -75,6 +77,12 @@ _LATER_ORTHO_FIELDS = {"check_rows": 64}
 
 
 _L1_DEFAULT = 0.1  # TrainConfig.l1_coeff's default
+
+KERNELS = ("dense", "sparse", "auto")
+# kernel="auto": the sparse step while at most this fraction of the batch's codes is active
+# (measured: ``python -m sae_ortho.bench.bench_trainer --density``, results/bench_trainer.md), on
+# a CPU only; on other devices the dense step until measured there.
+SPARSE_MAX_DENSITY = 0.1
 
 # Per-model hyperparameters: the lower bound (None: unbounded) and whether it is excluded.
 _PER_MODEL_BOUNDS = {"lr": (0.0, True), "l1_coeff": (0.0, False), "ortho_weight": (None, False)}
@@ -125,6 +133,12 @@ class TrainConfig:
             (:class:`sae_ortho.training.recipe.Recipe`; all off by default).
         snapshot_steps: steps after which a copy of the model's parameters is kept in the result
             (e.g. to follow cross-seed agreement and FVE against training tokens).
+        kernel: how a step is computed. ``"dense"``: every product over all latents (the
+            reference). ``"sparse"``: only the encoder's forward product is dense, everything
+            after it runs over the active codes (:mod:`sae_ortho.models.sparse`; same loss and
+            gradients up to rounding, several times fewer multiply-adds at low L0). ``"auto"``:
+            sparse on a CPU in the steps where at most ``SPARSE_MAX_DENSITY`` of the codes are
+            active, dense otherwise (early ReLU steps, other devices).
     """
 
     steps: int = 2000
@@ -138,6 +152,7 @@ class TrainConfig:
     stage_size: int = 0
     recipe: Recipe = field(default_factory=Recipe)
     snapshot_steps: tuple[int, ...] = ()
+    kernel: str = "dense"
 
     def __post_init__(self) -> None:
         def put(name: str, value) -> None:
@@ -151,6 +166,7 @@ class TrainConfig:
             put(name, _per_model_values(name, getattr(self, name)))
         check_instance("ortho", self.ortho, OrthoConfig)
         check_instance("recipe", self.recipe, Recipe)
+        check_choice("kernel", self.kernel, KERNELS)
         self.recipe.check_steps(self.steps)
         snaps = self.snapshot_steps
         if isinstance(snaps, (str, bytes)) or not isinstance(snaps, (tuple, list)):
@@ -194,6 +210,8 @@ class TrainConfig:
         for name, default in _LATER_ORTHO_FIELDS.items():
             if train["ortho"][name] == canonical(default):
                 del train["ortho"][name]
+        if train["kernel"] == "dense":  # added later: runs keyed before it keep their fingerprint
+            del train["kernel"]
         return canonical_json({"train": train, "sae": sae.cfg.key_fields()})
 
 
@@ -253,40 +271,113 @@ def loss_terms(
     start, end = stage or (0, n)
     sae._check_input(x)
     pre = sae.pre_acts(x)
-    codes = sae.activate(pre)
-    if end < n:
-        codes = codes * (torch.arange(n, device=codes.device) < end).to(codes.dtype)
-    x_hat = sae.decode(codes)
-    recon = (x - x_hat).square().sum(-1).mean(-1)
-    if cfg.recipe.decoder_norm == "free":  # SAELens: L1 weighted by the decoder row norms
-        sparsity = (codes * sae.W_dec.norm(dim=-1).unsqueeze(-2)).sum(-1).mean(-1)
+    sparse = _sparse_entries(sae, pre, cfg.kernel, end)
+    if sparse is not None:
+        recon, sparsity, l0, active, residual = _sparse_terms(sae, x, pre, *sparse, cfg.recipe.decoder_norm)
     else:
-        sparsity = codes.sum(-1).mean(-1)
+        codes = sae.activate(pre)
+        if end < n:
+            codes = codes * (torch.arange(n, device=codes.device) < end).to(codes.dtype)
+        x_hat = sae.decode(codes)
+        residual = x - x_hat
+        recon = residual.square().sum(-1).mean(-1)
+        if cfg.recipe.decoder_norm == "free":  # SAELens: L1 weighted by the decoder row norms
+            sparsity = (codes * sae.W_dec.norm(dim=-1).unsqueeze(-2)).sum(-1).mean(-1)
+        else:
+            sparsity = codes.sum(-1).mean(-1)
+        fired = codes.detach() > 0  # one pass over [batch, n] serves L0 and the active set
+        l0 = fired.float().sum(-1).mean(-1)
+        active = fired.any(dim=-2)
     loss = recon + (l1 * sparsity if sae.cfg.kind == "relu" else 0.0)
-    fired = codes.detach() > 0  # one pass over [batch, n] serves L0 and the active set
-    active = fired.any(dim=-2)
     if group is not None:
         active = group.any_(active)
     use_ortho = bool((ortho_w != 0).any())
     if use_ortho:
         scored = active & (torch.arange(n, device=codes.device) >= start) if start > 0 else active
         pen = ortho_penalty(
-            sae.W_enc, sae.W_dec, codes, cfg.ortho, cache=cache, limit=end if end < n else None, active=scored,
+            sae.W_enc, sae.W_dec, None, cfg.ortho, cache=cache, limit=end if end < n else None, active=scored,
             shard=group,
         )
     else:
         pen = torch.zeros_like(recon)
     loss = loss + ortho_w * pen
-    terms = {"loss": loss, "recon": recon, "l1": sparsity, "ortho": pen, "l0": fired.float().sum(-1).mean(-1)}
+    terms = {"loss": loss, "recon": recon, "l1": sparsity, "ortho": pen, "l0": l0}
     if cfg.recipe.aux_k is not None and dead is not None:
         if bool(dead.any()):
-            aux = aux_k_loss(pre, sae.W_dec, (x - x_hat).detach(), dead, cfg.recipe.aux_k, cfg.recipe.aux_coeff)
+            aux_args = (sae.W_dec, residual.detach(), dead, cfg.recipe.aux_k, cfg.recipe.aux_coeff)
+            if sparse is not None:
+                aux = _sparse_aux_k_loss(sae, x, pre, *aux_args)
+            else:
+                aux = aux_k_loss(pre, *aux_args)
             terms["loss"] = loss + aux
         else:  # no dead latent: the AuxK term is 0 (skip its top-k and decode)
             aux = torch.zeros_like(recon)
         terms["aux"] = aux
     terms["fired"] = active
     return terms
+
+
+def _sparse_entries(sae: SAE, pre: Tensor, kernel: str, end: int) -> tuple[Entries, Tensor] | None:
+    """The active entries of the batch and their pre-activations when the step runs sparse (the
+    ``kernel`` option), else None. Latents ``>= end`` (not yet added in staged training) are off."""
+    if kernel == "dense" or (kernel == "auto" and pre.device.type != "cpu"):
+        return None
+    with torch.no_grad():
+        p = pre.detach()
+        if end < sae.cfg.n_latents and sae.cfg.kind == "relu":
+            p = p.clone()
+            p[..., end:] = float("-inf")
+        if kernel == "auto":
+            n = sae.cfg.n_latents
+            density = sae.cfg.k / n if sae.cfg.kind == "topk" else float((p > 0).sum()) / p.numel()
+            if density > SPARSE_MAX_DENSITY:
+                return None
+        if sae.cfg.kind == "relu":
+            return Entries.positive(p)
+        entries, values = Entries.topk(p, sae.cfg.k)  # as the dense step: the top k, then latents >= end off
+        if end < sae.cfg.n_latents:
+            values = values.masked_fill(entries.latent(sae.cfg.n_latents) >= end, float("-inf"))
+        return entries, values
+
+
+def _per_model_sum(values: Tensor, entries: Entries, batch: int, stacked: bool) -> Tensor:
+    """[(M,)] the sum of per-entry ``values`` ([E]) over each model's entries, divided by ``batch``."""
+    models = entries.n_rows // batch
+    total = values.new_zeros(models).index_add(0, entries.rows // batch, values)
+    return (total if stacked else total[0]) / batch
+
+
+def _sparse_terms(sae: SAE, x: Tensor, pre: Tensor, entries: Entries, values: Tensor, decoder_norm: str):
+    """Reconstruction, sparsity, L0, active latents and residual of the sparse step (see
+    :mod:`sae_ortho.models.sparse`); the same quantities as the dense step, up to rounding."""
+    acts = torch.relu(encode_at(x, sae.W_enc, sae.b_enc, sae.b_dec, values, entries))
+    x_hat = decode_entries(acts, sae.W_dec, entries) + sae.b_dec.unsqueeze(-2)
+    residual = x - x_hat
+    recon = residual.square().sum(-1).mean(-1)
+    batch, stacked = x.shape[-2], sae.stacked
+    if decoder_norm == "free":  # SAELens: L1 weighted by the decoder row norms
+        weighted = acts * sae.W_dec.norm(dim=-1).reshape(-1)[entries.cols]
+        sparsity = _per_model_sum(weighted, entries, batch, stacked)
+    else:
+        sparsity = _per_model_sum(acts, entries, batch, stacked)
+    on = acts.detach() > 0
+    l0 = _per_model_sum(on.to(x.dtype), entries, batch, stacked)
+    active = torch.bincount(entries.cols[on], minlength=entries.n_cols).reshape(sae.b_enc.shape) > 0
+    return recon, sparsity, l0, active, residual
+
+
+def _sparse_aux_k_loss(sae: SAE, x: Tensor, pre: Tensor, W_dec: Tensor, residual: Tensor, dead: Tensor,
+                       aux_k: int, coeff: float) -> Tensor:
+    """:func:`sae_ortho.training.recipe.aux_k_loss` over the dead latents' entries only."""
+    k = min(aux_k, pre.shape[-1])
+    with torch.no_grad():
+        masked = pre.detach().masked_fill(~dead.unsqueeze(-2), float("-inf"))
+    entries, values = Entries.topk(masked, k)
+    raw = encode_at(x, sae.W_enc, sae.b_enc, sae.b_dec, values, entries)
+    raw = torch.where(torch.isfinite(values), raw, torch.zeros_like(raw))  # fewer dead latents than k
+    e_hat = decode_entries(raw, W_dec, entries)
+    scale = (dead.sum(-1).to(pre.dtype) / aux_k).clamp(max=1.0)
+    return coeff * scale * (e_hat - residual).square().sum(-1).mean(-1)
 
 
 def _frozen_slices(sae: SAE, start: int, end: int) -> list[tuple[Tensor, Tensor]]:
@@ -305,13 +396,19 @@ def _restore(frozen: list[tuple[Tensor, Tensor]]) -> None:
         view.copy_(saved)
 
 
-def _clip_per_model(params: list[Tensor], max_norm: float, stacked: bool) -> None:
-    """Clip each model's gradient to global norm ``max_norm`` (one norm per model of a stack)."""
+def _clip_per_model(params: list[Tensor], max_norm: float, stacked: bool, norms: list[Tensor] | None = None) -> None:
+    """Clip each model's gradient to global norm ``max_norm`` (one norm per model of a stack).
+
+    ``norms``: the gradients' norms if known (a single SAE: what ``clip_grad_norm_`` computes
+    first, so the result is the same to the bit)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
     if not stacked:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if norms is None:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, torch.linalg.vector_norm(torch.stack(norms)))
         return
     sq = sum(g.reshape(g.shape[0], -1).square().sum(-1) for g in grads)  # [M]
     factor = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
@@ -344,6 +441,13 @@ class Stepper:
         self.lr = _per_model("lr", cfg.lr, m).to(device)
         self.l1 = _per_model("l1_coeff", cfg.l1_coeff, m).to(device)
         self.ortho_w = _per_model("ortho_weight", cfg.ortho_weight, m).to(device)
+        if cfg.kernel != "dense" and not sae.W_enc.is_contiguous():
+            # The tied initialisation leaves W_enc in [n, d] storage order (a transposed clone);
+            # fused Adam then copies it to and from a contiguous buffer at every step. Same values,
+            # contiguous storage (the dense step keeps the storage it has: its products, and so
+            # the stored runs' bits, depend on it).
+            with torch.no_grad():
+                sae.W_enc.data = sae.W_enc.data.contiguous()
         # fused: one pass over the parameters per step instead of one per Adam operation
         self.opt = torch.optim.Adam(sae.parameters(), lr=1.0 if m is not None else float(self.lr), fused=True)
         self.cache = cfg.ortho.make_cache() if bool((self.ortho_w != 0).any()) else None
@@ -398,12 +502,12 @@ class Stepper:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
             group.mean_([p.grad for p in self.params])
-        self._check_gradients(step)
         unit = recipe.decoder_norm == "unit"
         if unit:
             sae.remove_parallel_decoder_grad()
+        norms = self._check_gradients(step)
         if recipe.grad_clip is not None:
-            _clip_per_model(self.params, recipe.grad_clip, sae.stacked)
+            _clip_per_model(self.params, recipe.grad_clip, sae.stacked, norms)
         frozen = _frozen_slices(sae, *stage)
         lr_f = recipe.lr_factor(step, cfg.steps)
         if sae.cfg.n_models is not None:
@@ -432,11 +536,18 @@ class Stepper:
             report["resampled"] = done.float().sum(-1)
         return report
 
-    def _check_gradients(self, step: int) -> None:
-        """Refuse a step with a NaN or inf gradient (it would make the weights non-finite)."""
+    def _check_gradients(self, step: int) -> list[Tensor]:
+        """Refuse a step with a NaN or inf gradient (it would make the weights non-finite).
+
+        Returns the gradients' norms (one pass over each; gradient clipping reuses them). Only a
+        non-finite norm, which a finite gradient can also give by overflow, leads to the exact
+        element-wise test."""
         grads = [(name, p.grad) for name, p in zip(self.names, self.params) if p.grad is not None]
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
-            return
+        norms = [torch.linalg.vector_norm(g) for _, g in grads]  # as clip_grad_norm_ computes them
+        if not grads or bool(torch.isfinite(torch.stack(norms)).all()):
+            return norms
+        if bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
+            return norms
         names = [name for name, g in grads if not bool(torch.isfinite(g).all())]
         where = ""
         if self.sae.stacked:

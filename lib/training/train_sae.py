@@ -35,7 +35,7 @@ from sae_ortho.core.reproducibility import setup
 from sae_ortho.models.sae import SAE, SAE_KINDS, SAEConfig
 from sae_ortho.ortho import METHODS, PENALTY_SHAPES, OrthoConfig
 from sae_ortho.training import distributed
-from sae_ortho.training.train import TrainConfig, train
+from sae_ortho.training.train import KERNELS, TrainConfig, train
 
 DEVICES = ("auto", "cpu", "cuda")
 L1_DEFAULT = 1e-3  # --l1-coeff of ReLU SAEs
@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kernel", default="auto", help=f"one of {KERNELS}: how a step is computed "
+                   "(sparse: over the active codes only; auto: sparse on a CPU once the codes are sparse)")
     p.add_argument("--device", default="auto", help=f"one of {DEVICES}; auto: this process's GPU if any")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (default: cores / processes)")
     p.add_argument("--timeout-s", type=float, default=600.0, help="how long a collective waits for the others")
@@ -89,7 +91,7 @@ def _flag(name: str) -> str:
 def check(a: argparse.Namespace) -> None:
     """Every flag validated before any work, the output folder included; errors name the flag.
     Fills in the defaults of the flags that depend on others (see :func:`check_unused`)."""
-    for flag, allowed in (("kind", SAE_KINDS), ("ortho_method", METHODS), ("ortho_shape", tuple(PENALTY_SHAPES)),
+    for flag, allowed in (("kind", SAE_KINDS), ("kernel", KERNELS), ("ortho_method", METHODS), ("ortho_shape", tuple(PENALTY_SHAPES)),
                           ("device", DEVICES)):
         if getattr(a, flag) not in allowed:
             raise SystemExit(f"{_flag(flag)} must be one of {', '.join(allowed)}, got {getattr(a, flag)!r}")
@@ -228,7 +230,7 @@ def run(a: argparse.Namespace, group: distributed.Group | None) -> None:
         # TopK: no L1 term (0, as sae_ortho.experiments.runs records it)
         cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, l1_coeff=a.l1_coeff if a.kind == "relu" else 0.0,
                           ortho_weight=a.ortho_weight, ortho=ortho, log_every=a.log_every,
-                          checkpoint_every=a.checkpoint_every)
+                          checkpoint_every=a.checkpoint_every, kernel=a.kernel)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(a.seed)).to(device)
