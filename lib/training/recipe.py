@@ -200,8 +200,13 @@ def aux_k_loss(pre: Tensor, W_dec: Tensor, residual: Tensor, dead: Tensor, aux_k
     # negative, and only the raw value carries gradient back to it. With fewer dead latents than
     # k the extra picks are -inf and contribute 0.
     acts = torch.zeros_like(pre).scatter(-1, idx, torch.where(torch.isfinite(vals), vals, torch.zeros_like(vals)))
-    e_hat = acts @ W_dec
-    scale = (dead.sum(-1).to(pre.dtype) / aux_k).clamp(max=1.0)
+    return aux_k_residual_loss(acts @ W_dec, residual, dead, aux_k, coeff)
+
+
+def aux_k_residual_loss(e_hat: Tensor, residual: Tensor, dead: Tensor, aux_k: int, coeff: float) -> Tensor:
+    """The AuxK loss from the dead latents' reconstruction ``e_hat: [(M,) batch, d]`` (however it
+    was decoded; see :func:`aux_k_loss`): ``coeff * min(n_dead / aux_k, 1) * ||residual - e_hat||^2``."""
+    scale = (dead.sum(-1).to(e_hat.dtype) / aux_k).clamp(max=1.0)
     return coeff * scale * (e_hat - residual).square().sum(-1).mean(-1)
 
 

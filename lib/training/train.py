@@ -68,7 +68,7 @@ from sae_ortho.ortho import (
 from sae_ortho.training import distributed
 from sae_ortho.training.checkpoint import load_checkpoint, save_checkpoint
 from sae_ortho.training.distributed import CollectiveError, Group
-from sae_ortho.training.recipe import Recipe, aux_k_loss, resample_dead
+from sae_ortho.training.recipe import Recipe, aux_k_loss, aux_k_residual_loss, resample_dead
 
 PerModel = float | tuple[float, ...]
 # OrthoConfig fields added after runs were first keyed by their fingerprint: left out of it at
@@ -375,9 +375,7 @@ def _sparse_aux_k_loss(sae: SAE, x: Tensor, pre: Tensor, W_dec: Tensor, residual
     entries, values = Entries.topk(masked, k)
     raw = encode_at(x, sae.W_enc, sae.b_enc, sae.b_dec, values, entries)
     raw = torch.where(torch.isfinite(values), raw, torch.zeros_like(raw))  # fewer dead latents than k
-    e_hat = decode_entries(raw, W_dec, entries)
-    scale = (dead.sum(-1).to(pre.dtype) / aux_k).clamp(max=1.0)
-    return coeff * scale * (e_hat - residual).square().sum(-1).mean(-1)
+    return aux_k_residual_loss(decode_entries(raw, W_dec, entries), residual, dead, aux_k, coeff)
 
 
 def _frozen_slices(sae: SAE, start: int, end: int) -> list[tuple[Tensor, Tensor]]:
