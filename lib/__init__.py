@@ -21,8 +21,9 @@ this list (``tests/test_layers.py`` checks it, and that there are no import cycl
 - ``analysis``: decomposition, summed features, the objective's optimum and value, statistics and
   verdicts (``stats``), matched-sparsity frontiers, convergence, geometry, hierarchy readout, LM
   evaluation.
-- ``training``: the training loop (``train``), its checkpoint file, data parallelism
-  (``distributed``), the LM training recipe (``recipe``) and the command line (``train_sae``).
+- ``training``: the training loop (``train``), its checkpoint file, its log (``runlog``), data
+  parallelism (``distributed``), the LM training recipe (``recipe``), the command line
+  (``train_sae``) and SAELens's training SAEs with the penalty (``saelens_sae``).
 - ``experiments``: the store of trained SAEs (``store``), runs keyed by their spec (``runs``),
   stacked sweeps, ablation variants, the recipe study, SynthSAEBench runs.
 - ``bench``: cost benchmarks (penalty methods, trainer, data-parallel throughput) and the

@@ -278,3 +278,12 @@ def test_streamed_sampler_equals_the_in_memory_one(tmp_path, monkeypatch):
         assert torch.equal(x, y)
     with pytest.raises(TypeError, match="in_memory"):
         store.sampler(in_memory="yes")
+    # held out: the last rows (over several shards) are never drawn, and tail() returns them
+    held = 100
+    tail = store.tail(held, scale=2.0)
+    assert torch.equal(tail, store.load()[-held:] * 2.0)
+    for in_memory in (True, False):
+        drawn = store.sampler(2.0, in_memory=in_memory, held_out=held)(5000)
+        assert not (drawn.unsqueeze(1) == tail.unsqueeze(0)).all(-1).any()
+    with pytest.raises(ValueError, match="held_out"):
+        store.sampler(held_out=store.n)

@@ -87,3 +87,36 @@ def test_bad_arguments_exit_nonzero_naming_the_option(args, option):
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith(option), out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+
+
+def test_replot_draws_the_figure_and_overhead_table_from_the_csv(tmp_path):
+    """--replot: overheads against the paired vanilla steps where timed, else the same run's vanilla row."""
+    import os
+
+    import pandas as pd
+
+    (tmp_path / "results").mkdir()
+    pd.DataFrame({
+        "method": ["vanilla", "chunked", "vanilla", "certified"], "n": [64, 64, 64, 64], "d": 8, "batch": 4,
+        "amortised_s": [1.0, 3.0, 2.0, 2.5], "peak_rss_mb": 10.0, "kernel": "dense",
+        "paired_vanilla_s": [float("nan"), float("nan"), float("nan"), 2.0],
+        "machine": ["old CPU, 2 threads", "old CPU, 2 threads", "new CPU, 2 threads", "new CPU, 2 threads"],
+    }).to_csv(tmp_path / "results" / "ortho_scaling.csv", index=False)
+    env = {**os.environ, "SAE_STUDY_OUTPUT": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "sae_ortho.bench.bench_ortho", "--replot"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "figures" / "ortho_scaling.png").stat().st_size > 0
+    rows = {(r["machine"], r["method"]): r for r in _md_rows((tmp_path / "results" / "ortho_scaling.md").read_text())}
+    assert float(rows["old CPU, 2 threads", "chunked"]["64"]) == 3.0  # against the vanilla row of its run
+    assert float(rows["new CPU, 2 threads", "certified"]["64"]) == 1.25  # against the vanilla beside it
+    bad = subprocess.run([sys.executable, "-m", "sae_ortho.bench.bench_ortho", "--replot", "--paired"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode != 0 and "--replot" in bad.stderr and "--paired" in bad.stderr
+
+
+def _md_rows(text: str) -> list[dict[str, str]]:
+    from sae_ortho.reporting.report import read_tables
+
+    (table,) = read_tables(text)
+    return table

@@ -328,7 +328,7 @@ def test_output_locations_are_checked_before_any_training(tmp_path):
         assert counting.calls == 0
     assert a_file.read_text() == "mine"
     with pytest.raises(ValueError, match="folder must be a folder"):
-        save_sae_lens(fresh_sae(), a_file)
+        save_sae_lens(fresh_sae(), a_file, hook_name="blocks.0.hook_resid_post")
     assert a_file.read_text() == "mine"
 
 
@@ -338,8 +338,8 @@ def test_save_sae_lens_keeps_the_users_files_and_refuses_foreign_saes(tmp_path):
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
     (folder / "plots").mkdir()
-    save_sae_lens(fresh_sae(), folder)
-    save_sae_lens(fresh_sae(1), folder)  # saving again replaces only our own files
+    save_sae_lens(fresh_sae(), folder, hook_name="blocks.0.hook_resid_post")
+    save_sae_lens(fresh_sae(1), folder, hook_name="blocks.0.hook_resid_post")  # saving again replaces only our own files
     assert sorted(p.name for p in folder.iterdir()) == ["cfg.json", "notes.txt", "plots", "sae_weights.safetensors"]
     assert (folder / "notes.txt").read_text() == "mine"
     assert_same(load_sae_lens(folder)[0], fresh_sae(1))
@@ -349,12 +349,12 @@ def test_save_sae_lens_keeps_the_users_files_and_refuses_foreign_saes(tmp_path):
     foreign.mkdir()
     (foreign / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 4, "d_sae": 6}))
     with pytest.raises(ValueError, match="holds an SAE .cfg.json. that save_sae_lens did not write"):
-        save_sae_lens(fresh_sae(), foreign)
+        save_sae_lens(fresh_sae(), foreign, hook_name="blocks.0.hook_resid_post")
     assert sorted(p.name for p in foreign.iterdir()) == ["cfg.json"]
 
 
 def _saved(tmp_path) -> Path:
-    return save_sae_lens(fresh_sae(), tmp_path / "sae")
+    return save_sae_lens(fresh_sae(), tmp_path / "sae", hook_name="blocks.0.hook_resid_post")
 
 
 CFG_DAMAGE = {
@@ -408,7 +408,7 @@ def test_a_save_interrupted_between_its_two_renames_is_refused(tmp_path, monkeyp
 
     monkeypatch.setattr("sae_ortho.models.saelens_io.os.replace", fail_second)
     with pytest.raises(KeyboardInterrupt):
-        save_sae_lens(fresh_sae(7), folder)
+        save_sae_lens(fresh_sae(7), folder, hook_name="blocks.0.hook_resid_post")
     monkeypatch.undo()
     with pytest.raises(ValueError, match="the files of two different saves"):
         load_sae_lens(folder)
@@ -457,10 +457,10 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_full_disk_while_saving_an_sae_leaves_the_old_save(tmp_path):
-    folder = save_sae_lens(fresh_sae(), tmp_path / "sae")
+    folder = save_sae_lens(fresh_sae(), tmp_path / "sae", hook_name="blocks.0.hook_resid_post")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     with disk_full(64), pytest.raises(OSError, match=rf"could not write the SAE to {folder}.*nothing was replaced"):
-        save_sae_lens(fresh_sae(3), folder)
+        save_sae_lens(fresh_sae(3), folder, hook_name="blocks.0.hook_resid_post")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]
     assert_same(load_sae_lens(folder)[0], fresh_sae())

@@ -406,7 +406,7 @@ def test_valid_ortho_configs_give_a_finite_differentiable_penalty(cfg, n, d, sta
     cache = cfg.make_cache()
     if isinstance(cache, NeighbourCache):  # the certified cache needs no refresh: its first call searches all
         cache.refresh(W_dec if cfg.target == "decoder" else W_enc.transpose(-1, -2), 0)
-    pen = ortho_penalty(W_enc, W_dec, codes, cfg, cache=cache)
+    pen = ortho_penalty(W_dec, codes, cfg, cache=cache, W_enc=W_enc)
     assert pen.shape == lead and torch.isfinite(pen).all() and (pen >= 0).all()
     pen.sum().backward()
     for p in (W_dec, W_enc):

@@ -232,10 +232,10 @@ def _penalty_case(seed=9, n=6, d=4, active=(0, 2)):
 def test_penalty_matches_reference(shape, scope):
     W_enc, W_dec, codes = _penalty_case()
     cfg = OrthoConfig(shape=shape, scope=scope)
-    got = ortho_penalty(W_enc, W_dec, codes, cfg)
+    got = ortho_penalty(W_dec, codes, cfg, W_enc=W_enc)
     want = ref_penalty(W_dec, codes, shape, scope=scope)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    g = _grad(lambda w: ortho_penalty(W_enc, w, codes, cfg), W_dec)
+    g = _grad(lambda w: ortho_penalty(w, codes, cfg, W_enc=W_enc), W_dec)
     g_ref = _grad(lambda w: ref_penalty(w, codes, shape, scope=scope), W_dec)
     torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10)
 
@@ -244,15 +244,15 @@ def test_scope_all_vs_active():
     W_enc, W_dec, codes = _penalty_case(active=(1,))
     vals = ref_nn(W_dec)
     f = PENALTY_SHAPES["neglog"]
-    active = ortho_penalty(W_enc, W_dec, codes, OrthoConfig(scope="active"))
-    every = ortho_penalty(W_enc, W_dec, codes, OrthoConfig(scope="all"))
+    active = ortho_penalty(W_dec, codes, OrthoConfig(scope="active"), W_enc=W_enc)
+    every = ortho_penalty(W_dec, codes, OrthoConfig(scope="all"), W_enc=W_enc)
     assert active.item() == pytest.approx(f(vals[1]).item(), abs=1e-12)
     assert every.item() == pytest.approx(f(vals).mean().item(), abs=1e-12)
     assert active.item() != pytest.approx(every.item(), abs=1e-6)
     # no active latent: 0 for "active", unchanged for "all"
     zero = torch.zeros_like(codes)
-    assert ortho_penalty(W_enc, W_dec, zero, OrthoConfig(scope="active")).item() == 0.0
-    assert ortho_penalty(W_enc, W_dec, zero, OrthoConfig(scope="all")).item() == pytest.approx(every.item())
+    assert ortho_penalty(W_dec, zero, OrthoConfig(scope="active"), W_enc=W_enc).item() == 0.0
+    assert ortho_penalty(W_dec, zero, OrthoConfig(scope="all"), W_enc=W_enc).item() == pytest.approx(every.item())
 
 
 def test_inactive_neighbour_gets_gradient_only_with_neighbour_grad():
@@ -263,8 +263,8 @@ def test_inactive_neighbour_gets_gradient_only_with_neighbour_grad():
     W_enc = W_dec.T.clone()
     codes = torch.zeros(3, 4, dtype=torch.float64)
     codes[0, 0] = 1.0
-    g_on = _grad(lambda w: ortho_penalty(W_enc, w, codes, OrthoConfig(neighbour_grad=True)), W_dec)
-    g_off = _grad(lambda w: ortho_penalty(W_enc, w, codes, OrthoConfig(neighbour_grad=False)), W_dec)
+    g_on = _grad(lambda w: ortho_penalty(w, codes, OrthoConfig(neighbour_grad=True), W_enc=W_enc), W_dec)
+    g_off = _grad(lambda w: ortho_penalty(w, codes, OrthoConfig(neighbour_grad=False), W_enc=W_enc), W_dec)
     assert g_on[1].abs().sum() > 1e-3
     assert torch.all(g_off[1] == 0)
     assert g_off[0].abs().sum() > 1e-3  # the active row itself still moves
@@ -282,7 +282,7 @@ def test_neighbour_grad_false_random_against_reference():
     W_enc, W_dec, codes = _penalty_case(seed=10, n=8, active=(0, 3, 4))
     for scope in ("active", "all"):
         cfg = OrthoConfig(scope=scope, neighbour_grad=False, shape="square")
-        g = _grad(lambda w, cfg=cfg: ortho_penalty(W_enc, w, codes, cfg), W_dec)
+        g = _grad(lambda w, cfg=cfg: ortho_penalty(w, codes, cfg, W_enc=W_enc), W_dec)
         g_ref = _grad(
             lambda w, scope=scope: ref_penalty(w, codes, "square", scope=scope, neighbour_grad=False), W_dec
         )
@@ -294,7 +294,7 @@ def test_penalty_reduction_and_tie_mode_options():
     for kw in ({"reduction": "mean_all"}, {"tie_mode": "first"}):
         cfg = OrthoConfig(shape="linear", **kw)
         torch.testing.assert_close(
-            ortho_penalty(W_enc, W_dec, codes, cfg),
+            ortho_penalty(W_dec, codes, cfg, W_enc=W_enc),
             ref_penalty(W_dec, codes, "linear", **kw),
             rtol=0,
             atol=1e-12,
@@ -304,11 +304,11 @@ def test_penalty_reduction_and_tie_mode_options():
 def test_penalty_target_encoder():
     W_enc, W_dec, codes = _penalty_case(seed=12)
     cfg = OrthoConfig(target="encoder", shape="square")
-    got = ortho_penalty(W_enc, W_dec, codes, cfg)
+    got = ortho_penalty(W_dec, codes, cfg, W_enc=W_enc)
     torch.testing.assert_close(got, ref_penalty(W_enc.T, codes, "square"), rtol=0, atol=1e-12)
     W_enc = W_enc.clone().requires_grad_(True)
     W_dec = W_dec.clone().requires_grad_(True)
-    ortho_penalty(W_enc, W_dec, codes, cfg).backward()
+    ortho_penalty(W_dec, codes, cfg, W_enc=W_enc).backward()
     assert W_dec.grad is None and W_enc.grad.abs().sum() > 0
 
 
@@ -320,15 +320,15 @@ def test_penalty_stacked_equals_per_model():
     codes = torch.relu(torch.randn(M, 4, n, generator=g, dtype=torch.float64) - 1.0)
     codes[2] = 0  # a model with no active latent
     for cfg in (OrthoConfig(), OrthoConfig(neighbour_grad=False), OrthoConfig(scope="all", shape="sigmoid")):
-        stacked = ortho_penalty(W_enc, W_dec, codes, cfg)
+        stacked = ortho_penalty(W_dec, codes, cfg, W_enc=W_enc)
         assert stacked.shape == (M,)
-        gs = _grad(lambda w, cfg=cfg: ortho_penalty(W_enc, w, codes, cfg), W_dec)
+        gs = _grad(lambda w, cfg=cfg: ortho_penalty(w, codes, cfg, W_enc=W_enc), W_dec)
         for m in range(M):
-            single = ortho_penalty(W_enc[m], W_dec[m], codes[m], cfg)
+            single = ortho_penalty(W_dec[m], codes[m], cfg, W_enc=W_enc[m])
             torch.testing.assert_close(stacked[m], single, rtol=0, atol=1e-12)
-            gm = _grad(lambda w, m=m, cfg=cfg: ortho_penalty(W_enc[m], w, codes[m], cfg), W_dec[m])
+            gm = _grad(lambda w, m=m, cfg=cfg: ortho_penalty(w, codes[m], cfg, W_enc=W_enc[m]), W_dec[m])
             torch.testing.assert_close(gs[m], gm, rtol=0, atol=1e-12)
-    assert ortho_penalty(W_enc, W_dec, codes, OrthoConfig())[2].item() == 0.0
+    assert ortho_penalty(W_dec, codes, OrthoConfig(), W_enc=W_enc)[2].item() == 0.0
 
 
 # --- penalty shapes -----------------------------------------------------------------------------

@@ -463,7 +463,7 @@ def test_cached_without_refreshed_cache_raises():
     with pytest.raises(ValueError, match="cached"):
         nn_abs_cos(W, method="cached", cache=NeighbourCache(2))
     with pytest.raises(ValueError, match="cached"):
-        ortho_penalty(W.T, W, torch.ones(3, 5, dtype=F64), OrthoConfig(method="cached"))
+        ortho_penalty(W, torch.ones(3, 5, dtype=F64), OrthoConfig(method="cached"), W_enc=W.T)
 
 
 def test_config_cache_fields():
@@ -775,7 +775,7 @@ def test_nan_never_silent_through_penalty():
     codes = torch.ones(2, 5, dtype=F64)
     for method in METHODS:
         with pytest.raises(ValueError, match="non-finite"):
-            ortho_penalty(W.T, W, codes, OrthoConfig(method=method), cache=NeighbourCache(2))
+            ortho_penalty(W, codes, OrthoConfig(method=method), cache=NeighbourCache(2), W_enc=W.T)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -828,7 +828,7 @@ def test_penalty_single_model_active_scope(method, shape):
     cache = cfg.make_cache()
     if isinstance(cache, NeighbourCache):
         cache.refresh(W_dec)
-    fn = lambda w: ortho_penalty(W_enc, w, codes, cfg, cache=cache).reshape(1)
+    fn = lambda w: ortho_penalty(w, codes, cfg, cache=cache, W_enc=W_enc).reshape(1)
     _assert_matches(fn, lambda w: _ref_penalty(w, active, shape).reshape(1), W_dec, atol_g=1e-9)
     # gradient reaches the inactive neighbour row 5
     assert _grad(fn, W_dec)[5].abs().sum() > 1e-3
@@ -843,16 +843,16 @@ def test_penalty_limit(method):
     if isinstance(cache, NeighbourCache):
         cache.refresh(W_dec[:limit])
     scored = [i for i in active if i < limit]
-    fn = lambda w: ortho_penalty(W_enc, w, codes, cfg, cache=cache, limit=limit).reshape(1)
+    fn = lambda w: ortho_penalty(w, codes, cfg, cache=cache, limit=limit, W_enc=W_enc).reshape(1)
     _assert_matches(fn, lambda w: _ref_penalty(w[:limit], scored, "neglog").reshape(1), W_dec, atol_g=1e-9)
     g = _grad(fn, W_dec)
     assert torch.all(g[limit:] == 0)
-    full = ortho_penalty(W_enc, W_dec, codes, OrthoConfig(shape="neglog"))
+    full = ortho_penalty(W_dec, codes, OrthoConfig(shape="neglog"), W_enc=W_enc)
     assert abs(full.item() - fn(W_dec).item()) > 0.1  # the limit matters here
     # nothing active below the limit: zero
     late = torch.zeros_like(codes)
     late[0, 6] = 1.0
-    assert ortho_penalty(W_enc, W_dec, late, cfg, cache=cache, limit=limit).item() == 0.0
+    assert ortho_penalty(W_dec, late, cfg, cache=cache, limit=limit, W_enc=W_enc).item() == 0.0
 
 
 @pytest.mark.parametrize("method", PEN_METHODS)
@@ -865,13 +865,13 @@ def test_penalty_limit_stacked(method):
     cache = cfg.make_cache()
     if isinstance(cache, NeighbourCache):
         cache.refresh(W_dec[:, :limit])
-    got = ortho_penalty(W_enc, W_dec, codes, cfg, cache=cache, limit=limit)
+    got = ortho_penalty(W_dec, codes, cfg, cache=cache, limit=limit, W_enc=W_enc)
     assert got.shape == (M,)
     for m in range(M):
         act = [i for i in range(limit) if bool((codes[m, :, i] > 0).any())]
         assert act
         torch.testing.assert_close(got[m], _ref_penalty(W_dec[m, :limit], act, "square"), rtol=0, atol=1e-12)
-    g = _grad(lambda w: ortho_penalty(W_enc, w, codes, cfg, cache=cache, limit=limit), W_dec)
+    g = _grad(lambda w: ortho_penalty(w, codes, cfg, cache=cache, limit=limit, W_enc=W_enc), W_dec)
     assert torch.all(g[:, limit:] == 0)
 
 
@@ -879,5 +879,5 @@ def test_penalty_ortsae_exact_with_large_chunk():
     W_enc, W_dec, codes, active = _penalty_case()
     cfg = OrthoConfig(method="ortsae", ortsae_chunk=8)
     torch.testing.assert_close(
-        ortho_penalty(W_enc, W_dec, codes, cfg), _ref_penalty(W_dec, active, "neglog"), rtol=0, atol=1e-12
+        ortho_penalty(W_dec, codes, cfg, W_enc=W_enc), _ref_penalty(W_dec, active, "neglog"), rtol=0, atol=1e-12
     )

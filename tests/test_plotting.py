@@ -112,13 +112,32 @@ def test_frontier_and_by_setting_draw_every_series():
     fig = plotting.frontier({"F1": {"a": (x, y), "b": (x, 1 - y)}}, styles={"a": {"color": "red"}},
                             reference={"L0*": 5.0})
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b"]  # one legend, beside the panels
+    assert ax.get_legend() is None
     assert any(abs(line.get_xdata()[0] - 5.0) < 1e-12 for line in ax.get_lines() if len(line.get_xdata()) == 2)
     fig = plotting.by_setting(["0", "10"], {"F1": {"L1": np.array([[0.1, 0.2], [0.3, 0.4]])}}, xlabel="λ",
                               hlines={"F1": {"peer": 0.25}}, styles={"peer": {"color": "green"}})
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "10"]
     assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["L1", "peer"]
+
+
+def test_reference_histogram_is_a_band_that_does_not_set_the_scale():
+    rng = np.random.default_rng(0)
+    spread, spike = rng.uniform(0.2, 0.8, 500), 0.5 + 0.001 * rng.standard_normal(500)
+    fig = plotting.histograms({"p": {"trained": [spread], "random": [spike]}}, "x", references=("random",))
+    ax = fig.axes[0]
+    assert ax.get_ylim()[1] < 10  # the spike would reach a density of hundreds
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["trained", "random (5-95%, median)"]
+
+
+def test_frequency_bars_legend_is_outside_the_panels():
+    fractions = {"c": {"alone": np.array([0.5, 0.6]), "missed": np.array([0.5, 0.4])}}
+    fig = plotting.status_by_frequency(["a", "b"], fractions)
+    assert fig.axes[0].get_legend() is None and [t.get_text() for t in fig.legends[0].get_texts()] == ["alone", "missed"]
+
+
 def test_frontiers_and_intervals():
     xs = np.array([[1.0, 2.0, 3.0], [1.1, 2.1, 3.2]])
     fig = plotting.frontiers({"64 latents": {"vanilla": (xs, 1 / xs), "ortho": (xs - 0.2, 0.9 / xs)}},

@@ -11,6 +11,7 @@ import torch
 from sae_ortho.core.reproducibility import setup
 from sae_ortho.models.sae import SAE, SAEConfig
 from sae_ortho.models.saelens_io import load_sae_lens, save_sae_lens
+from sae_ortho.training.train import TrainConfig
 
 KINDS = [("relu", None), ("topk", 3)]
 
@@ -29,8 +30,8 @@ def make_sae(kind: str, k: int | None, d: int = 5, n: int = 12) -> SAE:
 def test_round_trip(tmp_path, kind, k):
     setup(0, threads=1)
     sae = make_sae(kind, k)
-    folder = save_sae_lens(sae, tmp_path / "sae", metadata={"model_name": "tiny", "hook_name": "blocks.0.hook_resid_post",
-                                                                   "context_size": 8})
+    folder = save_sae_lens(sae, tmp_path / "sae", hook_name="blocks.0.hook_resid_post",
+                           metadata={"model_name": "tiny", "context_size": 8})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sae"]  # no temporary folder left
     weights = safetensors.torch.load_file(str(folder / "sae_weights.safetensors"))
     assert {n: tuple(t.shape) for n, t in weights.items()} == {
@@ -48,7 +49,7 @@ def test_round_trip(tmp_path, kind, k):
     with torch.no_grad():
         assert torch.equal(loaded(x)[0], sae(x)[0])
     # saving again over the folder replaces it
-    save_sae_lens(make_sae(kind, k, n=7), folder)
+    save_sae_lens(make_sae(kind, k, n=7), folder, hook_name="blocks.0.hook_resid_post")
     assert load_sae_lens(folder)[0].cfg.n_latents == 7
 
 
@@ -59,7 +60,7 @@ def test_input_scale_folding_algebra(tmp_path):
     s = 3.7
     for kind, k in KINDS:
         sae = make_sae(kind, k)
-        loaded, _ = load_sae_lens(save_sae_lens(sae, tmp_path / kind, input_scale=s))
+        loaded, _ = load_sae_lens(save_sae_lens(sae, tmp_path / kind, hook_name="blocks.0.hook_resid_post", input_scale=s))
         x = torch.randn(30, 5) * 4
         with torch.no_grad():
             torch.testing.assert_close(loaded.encode(x), sae.encode(s * x), atol=1e-5, rtol=1e-5)
@@ -73,9 +74,8 @@ def test_sae_lens_loads_our_folder(tmp_path, kind, k, scale):
     sae_lens = pytest.importorskip("sae_lens")
     setup(0, threads=1)
     ours = make_sae(kind, k)
-    meta = {"model_name": "tiny", "hook_name": "blocks.2.hook_resid_post", "context_size": 8,
-            "dataset_path": "toy/train"}
-    folder = save_sae_lens(ours, tmp_path / "sae", input_scale=scale, metadata=meta)
+    meta = {"model_name": "tiny", "context_size": 8, "dataset_path": "toy/train"}
+    folder = save_sae_lens(ours, tmp_path / "sae", hook_name="blocks.2.hook_resid_post", input_scale=scale, metadata=meta)
     theirs = sae_lens.SAE.load_from_disk(folder)
     assert theirs.cfg.architecture() == ("standard" if kind == "relu" else "topk")
     assert theirs.cfg.metadata.hook_name == "blocks.2.hook_resid_post"
@@ -93,20 +93,20 @@ def test_sae_lens_loads_our_folder(tmp_path, kind, k, scale):
 def test_save_errors(tmp_path):
     stacked = SAE(SAEConfig(4, 6, n_models=2))
     with pytest.raises(ValueError, match=r"select one first \(sae.select\(i\)\)"):
-        save_sae_lens(stacked, tmp_path / "a")
-    save_sae_lens(stacked.select(1), tmp_path / "a")
+        save_sae_lens(stacked, tmp_path / "a", hook_name="blocks.0.hook_resid_post")
+    save_sae_lens(stacked.select(1), tmp_path / "a", hook_name="blocks.0.hook_resid_post")
     sae = make_sae("relu", None)
     for bad in (0.0, -1.0, float("nan"), True):
         with pytest.raises(ValueError, match="input_scale"):
-            save_sae_lens(sae, tmp_path / "b", input_scale=bad)
+            save_sae_lens(sae, tmp_path / "b", hook_name="blocks.0.hook_resid_post", input_scale=bad)
     with pytest.raises(ValueError, match="JSON"):
-        save_sae_lens(sae, tmp_path / "b", metadata={"x": object()})
+        save_sae_lens(sae, tmp_path / "b", hook_name="blocks.0.hook_resid_post", metadata={"x": object()})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
 def test_load_errors(tmp_path):
     sae = make_sae("topk", 3)
-    folder = save_sae_lens(sae, tmp_path / "sae")
+    folder = save_sae_lens(sae, tmp_path / "sae", hook_name="blocks.0.hook_resid_post")
     cfg_file, w_file = folder / "cfg.json", folder / "sae_weights.safetensors"
     cfg, weights = json.loads(cfg_file.read_text()), safetensors.torch.load_file(str(w_file))
     # the weights are rewritten below: drop their recorded hash (as in a folder SAELens wrote)
@@ -143,7 +143,7 @@ def test_load_without_b_dec_on_input(tmp_path):
     """apply_b_dec_to_input=false (SAELens encodes x @ W_enc + b_enc) is folded into b_enc."""
     setup(0, threads=1)
     sae = make_sae("relu", None)
-    folder = save_sae_lens(sae, tmp_path / "sae")
+    folder = save_sae_lens(sae, tmp_path / "sae", hook_name="blocks.0.hook_resid_post")
     cfg = json.loads((folder / "cfg.json").read_text())
     (folder / "cfg.json").write_text(json.dumps(cfg | {"apply_b_dec_to_input": False}))
     loaded, _ = load_sae_lens(folder)
@@ -167,7 +167,7 @@ def test_load_without_b_dec_on_input(tmp_path):
     ],
 )
 def test_load_reads_cfg_json_by_type(tmp_path, field, value, kind):
-    folder = save_sae_lens(make_sae("topk", 3), tmp_path / "sae")
+    folder = save_sae_lens(make_sae("topk", 3), tmp_path / "sae", hook_name="blocks.0.hook_resid_post")
     cfg = json.loads((folder / "cfg.json").read_text())
     (folder / "cfg.json").write_text(json.dumps(cfg | {field: value}))
     with pytest.raises(ValueError, match=rf"sae/cfg\.json: {field} must be a JSON {kind}.*, got {json.dumps(value)}$"):
@@ -177,7 +177,7 @@ def test_load_reads_cfg_json_by_type(tmp_path, field, value, kind):
 @pytest.mark.parametrize("name", ["W_enc", "b_enc", "W_dec", "b_dec"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_load_refuses_non_finite_weights_naming_the_tensor(tmp_path, name, value):
-    folder = save_sae_lens(make_sae("relu", None), tmp_path / "sae")
+    folder = save_sae_lens(make_sae("relu", None), tmp_path / "sae", hook_name="blocks.0.hook_resid_post")
     cfg = json.loads((folder / "cfg.json").read_text())
     del cfg["metadata"]["weights_sha256"]  # as in a folder SAELens wrote (the hash is tested elsewhere)
     (folder / "cfg.json").write_text(json.dumps(cfg))
@@ -188,14 +188,24 @@ def test_load_refuses_non_finite_weights_naming_the_tensor(tmp_path, name, value
         load_sae_lens(folder)
 
 
-def test_a_models_sae_must_name_its_hook(tmp_path):
-    """SAELens skips an SAE without a hook_name ("No hook found for None") when attaching it."""
+def test_every_sae_names_its_hook_and_training(tmp_path):
+    """SAELens skips an SAE without a hook_name ("No hook found for None"): it is a required argument."""
     sae = make_sae("relu", None)
-    with pytest.raises(ValueError, match="names model_name='m' but no hook_name"):
+    with pytest.raises(TypeError, match="hook_name"):
         save_sae_lens(sae, tmp_path / "a", metadata={"model_name": "m"})
     for bad in (None, "", 3):
-        with pytest.raises(ValueError, match=r"metadata\['hook_name'\] must be a non-empty str"):
-            save_sae_lens(sae, tmp_path / "a", metadata={"model_name": "m", "hook_name": bad})
+        with pytest.raises(ValueError, match=r"hook_name must be a non-empty str"):
+            save_sae_lens(sae, tmp_path / "a", hook_name=bad)
+    with pytest.raises(ValueError, match=r"differs from hook_name='blocks.1.hook_resid_post'"):
+        save_sae_lens(sae, tmp_path / "a", hook_name="blocks.1.hook_resid_post", metadata={"hook_name": "blocks.2.x"})
+    with pytest.raises(ValueError, match="training must be a config dataclass, a dict or None"):
+        save_sae_lens(sae, tmp_path / "a", hook_name="toy", training="lr=3e-4")
     assert not (tmp_path / "a").exists()  # refused before anything is written
-    folder = save_sae_lens(sae, tmp_path / "a", metadata={"model_name": "m", "hook_name": "blocks.1.hook_resid_post"})
-    assert json.loads((folder / "cfg.json").read_text())["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
+    train_cfg = TrainConfig(steps=7, batch_size=3)
+    folder = save_sae_lens(sae, tmp_path / "a", hook_name="blocks.1.hook_resid_post", metadata={"model_name": "m"},
+                           training={"sae": sae.cfg, "train": train_cfg})
+    meta = json.loads((folder / "cfg.json").read_text())["metadata"]
+    assert meta["hook_name"] == "blocks.1.hook_resid_post"
+    assert meta["training_config"]["train"]["steps"] == 7
+    assert meta["training_config"]["train"]["lr"] == train_cfg.lr
+    assert meta["training_config"]["sae"]["n_latents"] == sae.cfg.n_latents

@@ -52,6 +52,10 @@ def test_one_process_on_an_activation_cache(cache_folder, tmp_path, capsys):
     assert sae.cfg.n_latents == 24 and sae.cfg.d == D
     assert cfg["metadata"]["hook_name"] == "blocks.0.hook_resid_post"
     assert "trained 12 steps on 1 process" in capsys.readouterr().err
+    assert cfg["metadata"]["training_config"]["train"]["steps"] == 12  # cfg.json says how it was trained
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "eval_fve" in r] == [12]  # held out: the cache's last rows
+    assert any("loss" in r for r in log)
     # the same command again: the finished run is resumed from its checkpoint, nothing retrained
     main(_args(cache_folder, tmp_path / "run"))
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["resumed_from"] == 12
@@ -64,6 +68,28 @@ def test_one_process_on_toy_data(tmp_path):
           "--kind", "topk", "--k", "3"])
     sae, _ = load_sae_lens(tmp_path / "toy" / "sae")
     assert sae.cfg.kind == "topk" and sae.cfg.k == 3
+
+
+def test_resume_with_other_data_or_settings_names_what_differs(tmp_path):
+    args = ["--data", "toy", "--toy-features", "40", "--toy-d", "8", "--toy-p", "0.1", "--out", str(tmp_path / "toy"),
+            "--n-latents", "16", "--batch-size", "32", "--threads", "1", "--no-progress", "--eval-every", "5",
+            "--eval-rows", "64"]
+    main([*args, "--steps", "5"])
+    with pytest.raises(SystemExit, match="trained on data 'toy features=40 d=8 p=0.1 seed=0', not .*seed=1"):
+        main([*args, "--steps", "10", "--seed", "1"])
+    with pytest.raises(SystemExit, match=r"different configuration: train\.lr \(0\.0003 in the checkpoint, 0\.001 now\)"):
+        main([*args, "--steps", "10", "--lr", "1e-3"])
+    main([*args, "--steps", "10"])  # more steps: the run continues
+    summary = json.loads((tmp_path / "toy" / "summary.json").read_text())
+    assert summary["resumed_from"] == 5 and summary["steps"] == 10
+    log = [json.loads(line) for line in (tmp_path / "toy" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "eval_fve" in r] == [5, 10]
+
+
+def test_eval_rows_without_eval_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match="--eval-rows only applies to --eval-every > 0"):
+        main(["--data", "toy", "--out", str(tmp_path / "t"), "--n-latents", "8", "--steps", "2", "--eval-every", "0",
+              "--eval-rows", "10"])
 
 
 def test_torchrun_two_processes_match_one(cache_folder, tmp_path):

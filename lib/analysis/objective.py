@@ -71,7 +71,7 @@ def objective_terms(
     recon = (x - x_hat).square().sum(-1).mean(-1)
     sparsity = codes.sum(-1).mean(-1)
     if sae.cfg.n_latents >= 2:
-        pen = ortho_penalty(sae.W_enc, sae.W_dec, codes, ortho or OrthoConfig())
+        pen = ortho_penalty(sae.W_dec, codes, ortho or OrthoConfig(), W_enc=sae.W_enc)
     else:
         pen = torch.zeros_like(recon)
     recon, sparsity, pen = (t.reshape(m) for t in (recon, sparsity, pen))

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from sae_ortho.core.atomic import replacing
+from sae_ortho.core.numerics import machine_label
 from sae_ortho.core.paths import RESULTS
 from sae_ortho.core.reproducibility import setup
 from sae_ortho.core.validation import check_bool, check_output_dir
@@ -78,6 +79,7 @@ class Result:
     # --paired: the vanilla step timed in the same process, alternating with this method's steps
     paired_vanilla_s: float = float("nan")
     kernel: str = "dense"  # the training step (sae_ortho.training.train.TrainConfig.kernel), the same for vanilla
+    machine: str = ""  # CPU and threads it was timed on (sae_ortho.core.numerics.machine_label)
 
 
 # Command-line options: default, smallest allowed value, and the methods that use it (None: all).
@@ -237,7 +239,7 @@ def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh
     return Result(
         method, n, d, batch, step_s, refresh_s, amortised, _peak_rss_mb(), active,
         agreement, err, _matmul_gflops(batch, d, n), vanilla_flops, certified=report, paired_vanilla_s=paired_s,
-        kernel=kernel,
+        kernel=kernel, machine=machine_label(threads),
     )
 
 
@@ -440,11 +442,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kernel", default="dense", choices=("dense", "sparse"),
                    help="the training step of every method and of vanilla (sae_ortho.training.train.TrainConfig.kernel)")
     p.add_argument("--quality", action="store_true", help="toy ground-truth recovery per method, then exit")
+    p.add_argument("--replot", action="store_true",
+                   help="redraw figures/ortho_scaling.png and results/ortho_scaling.md from the CSV, then exit")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         kw = json.loads(a.worker)
         print(json.dumps(asdict(run_one(**kw))))
+        return
+    if a.replot:
+        import pandas as pd
+
+        extra = [_flag(n) for n in OPTIONS if getattr(a, n) is not None] + [
+            f for f, on in (("--methods", a.methods is not None), ("--scaling", a.scaling), ("--paired", a.paired),
+                            ("--quality", a.quality)) if on]
+        if extra:
+            raise SystemExit(f"--replot only redraws from results/ortho_scaling.csv and takes no other options; got {', '.join(extra)}")
+
+        write_scaling_outputs(pd.read_csv(RESULTS / "ortho_scaling.csv"))
         return
     methods = _check_cli(a)
     if a.scaling:  # where the results go, checked before hours of timing
@@ -475,14 +490,14 @@ def save_scaling(results: list[Result], methods: list[str]) -> None:
     keeps the others' rows, and its ratios against vanilla are in its own ``paired_vanilla_s``."""
     import pandas as pd
 
-    from sae_ortho.reporting import plotting
-
     df = pd.DataFrame([asdict(r) for r in results])
     path = RESULTS / "ortho_scaling.csv"
     if path.exists():  # keep the rows of the methods (and kernel) this run did not measure
         old = pd.read_csv(path)
         if "kernel" not in old:
             old["kernel"] = "dense"
+        if "machine" not in old:
+            old["machine"] = UNRECORDED
         ran = {(m, k) for m, k in zip(df.method, df.kernel) if m in methods}
         df = df[[m in methods for m in df.method]]
         old = old[[(m, k) not in ran for m, k in zip(old.method, old.kernel)]]
@@ -490,13 +505,64 @@ def save_scaling(results: list[Result], methods: list[str]) -> None:
     RESULTS.mkdir(exist_ok=True)
     with replacing(RESULTS / "ortho_scaling.csv") as tmp:
         df.to_csv(tmp, index=False)
-    label = df.method.where(df.kernel == "dense", df.method + " (" + df.kernel + " step)")
-    series = {m: g.sort_values("n") for m, g in df.groupby(label, sort=False)}
-    fig = plotting.scaling(
-        {m: (g.n.to_numpy(), g.amortised_s.to_numpy(), g.peak_rss_mb.to_numpy()) for m, g in series.items()},
-        title=f"Orthogonality penalty cost, d={df.d.iloc[0]}, batch={df.batch.iloc[0]}",
+    write_scaling_outputs(df)
+
+
+def write_scaling_outputs(df) -> None:
+    """figures/ortho_scaling.png and results/ortho_scaling.md from the rows of the CSV."""
+    from sae_ortho.reporting.plotting import save_figure
+
+    if "machine" not in df:
+        df = df.assign(machine=UNRECORDED)
+    df = df.assign(machine=df.machine.fillna(UNRECORDED))
+    print("wrote", save_figure(scaling_figure(df), "ortho_scaling"))
+    table = df.assign(overhead=overhead_vs_vanilla(df)).pivot_table(
+        index=["machine", "kernel", "method"], columns="n", values="overhead", aggfunc="first"
     )
-    print("wrote", plotting.save_figure(fig, "ortho_scaling"))
+    text = (
+        f"# Cost of the orthogonality penalty against n (d = {df.d.iloc[0]}, batch = {df.batch.iloc[0]})\n\n"
+        "Amortised training-step time over the vanilla step's (lower is better; 1 = free): against the "
+        "vanilla steps timed beside it in the same process where the run was `--paired`, else against "
+        "the vanilla row of the same run. Times compare only within a machine. From "
+        "`results/ortho_scaling.csv` (`python -m sae_ortho.bench.bench_ortho --scaling`).\n\n"
+        + table.reset_index().to_markdown(index=False, floatfmt=".3f") + "\n"
+    )
+    with replacing(RESULTS / "ortho_scaling.md") as tmp:
+        tmp.write_text(text)
+    print("wrote", RESULTS / "ortho_scaling.md")
+
+
+# The machine of rows written before the CSV had the column (their times compare with each other only).
+UNRECORDED = "not recorded (an earlier machine)"
+
+
+def overhead_vs_vanilla(df):
+    """Amortised step time over vanilla's: the vanilla steps timed beside it (--paired) where there are
+    some, else the vanilla row of the same n, kernel and machine (the same run)."""
+    van = df[df.method == "vanilla"].set_index(["n", "kernel", "machine"]).amortised_s
+    keys = list(zip(df.n, df.kernel, df.machine))
+    same_run = np.array([van.get(k, np.nan) for k in keys])
+    paired = df.paired_vanilla_s.to_numpy() if "paired_vanilla_s" in df else np.full(len(df), np.nan)
+    return df.amortised_s.to_numpy() / np.where(np.isfinite(paired), paired, same_run)
+
+
+def scaling_figure(df):
+    """figures/ortho_scaling.png from the rows of results/ortho_scaling.csv."""
+    from sae_ortho.reporting import plotting
+
+    df = df.assign(overhead=overhead_vs_vanilla(df))
+    label = df.method.where(df.kernel == "dense", df.method + " (" + df.kernel + " step)")
+    machines = sorted(set(df.machine))
+    if len(machines) > 1:  # say which series were timed where
+        tag = {m: chr(ord("A") + i) for i, m in enumerate(machines)}
+        label = label + " [" + df.machine.map(tag) + "]"
+    series = {m: g.sort_values("n") for m, g in df.groupby(label, sort=False)}
+    where = "; ".join(f"[{chr(ord('A') + i)}] {m}" for i, m in enumerate(machines)) if len(machines) > 1 else machines[0]
+    return plotting.scaling(
+        {m: (g.n.to_numpy(), g.amortised_s.to_numpy(), g.peak_rss_mb.to_numpy(), g.overhead.to_numpy())
+         for m, g in series.items()},
+        title=f"Orthogonality penalty cost, d={df.d.iloc[0]}, batch={df.batch.iloc[0]} (lower is better)\n{where}",
+    )
 
 
 if __name__ == "__main__":

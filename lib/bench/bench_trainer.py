@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _cpu() -> str:
-    from sae_ortho.experiments.store import cpu_info
+    from sae_ortho.core.numerics import cpu_info
 
     info = cpu_info()
     return f"{info.get('model_name', 'unknown CPU')} ({info.get('vendor', '?')})"

@@ -33,6 +33,7 @@ import platform
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from sae_ortho.core.atomic import atomic_write
 
@@ -65,6 +66,40 @@ def applies() -> bool:
 
         return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     return " avx2 " in flags.replace("\n", " ") and " fma " in flags.replace("\n", " ")
+
+
+def cpu_info() -> dict[str, Any]:
+    """Vendor, family, model and AVX-512 support of this CPU (what decides its MKL code path)."""
+    info: dict[str, Any] = {"machine": platform.machine()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    fields = {}
+    for line in text.splitlines():
+        if ":" in line:
+            k, v = (s.strip() for s in line.split(":", 1))
+            fields.setdefault(k, v)
+        elif fields:
+            break  # the first processor's block is enough
+    info.update(vendor=fields.get("vendor_id"), family=fields.get("cpu family"), model=fields.get("model"),
+                model_name=fields.get("model name"), avx512="avx512f" in fields.get("flags", "").split())
+    return info
+
+
+def same_cpu_family(a: dict, b: dict) -> bool:
+    """True when both CPUs run the same code paths of the pinned libraries (vendor, family, AVX-512)."""
+    return all(a.get(k) == b.get(k) for k in ("machine", "vendor", "family", "avx512"))
+
+
+def machine_label(threads: int | None = None) -> str:
+    """``"<CPU model> (<vendor>), <threads> threads"``: what a timing was measured on."""
+    info = cpu_info()
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    return f"{info.get('model_name') or info['machine']} ({info.get('vendor') or '?'}), {threads} threads"
 
 
 def effective() -> dict[str, object]:

@@ -148,7 +148,8 @@ class ActivationStore:
         return perturb(torch.cat([self._shard(s["file"]).to(dtype) for s in self.meta["shards"]]), salt=7)
 
     def sampler(
-        self, scale: float = 1.0, device: str | torch.device = "cpu", in_memory: bool | None = None
+        self, scale: float = 1.0, device: str | torch.device = "cpu", in_memory: bool | None = None,
+        held_out: int = 0,
     ) -> Callable[[int], Tensor]:
         """A ``sample(batch) -> [batch, d]`` float32 function for :func:`sae_ortho.training.train.train`.
 
@@ -161,8 +162,12 @@ class ActivationStore:
                 (False, the default on the CPU) stream them from the memory-mapped shards, so a
                 cache larger than memory works and only the rows drawn are read. Both give the
                 same rows for the same random state, bit for bit.
+            held_out: never draw the last ``held_out`` rows (the text at the end of the cache), so
+                :meth:`tail` can evaluate on rows that training did not see.
         """
         scale = check_float("scale", scale, 0.0, low_open=True)
+        held_out = check_int("held_out", held_out, 0, self.n - 1)
+        n_draw = self.n - held_out
         in_memory = None if in_memory is None else check_bool("in_memory", in_memory)
         if in_memory is None:
             in_memory = torch.device(device).type != "cpu"
@@ -171,7 +176,7 @@ class ActivationStore:
 
             def sample(batch: int) -> Tensor:
                 # indices come from the CPU generator: that is the state train() checkpoints
-                idx = torch.randint(self.n, (batch,))
+                idx = torch.randint(n_draw, (batch,))
                 return data[idx.to(data.device)].float() * scale
 
             return sample
@@ -179,7 +184,7 @@ class ActivationStore:
         starts = np.cumsum([0] + [len(m) for m in shards])
 
         def sample_streamed(batch: int) -> Tensor:
-            idx = torch.randint(self.n, (batch,)).numpy()
+            idx = torch.randint(n_draw, (batch,)).numpy()
             which = np.searchsorted(starts, idx, side="right") - 1
             out = np.empty((batch, self.d), dtype=shards[0].dtype)
             for s in np.unique(which):
@@ -188,6 +193,21 @@ class ActivationStore:
             return torch.from_numpy(out).to(device).float() * scale
 
         return sample_streamed
+
+    def tail(self, rows: int, scale: float = 1.0) -> Tensor:
+        """The last ``rows`` rows, float32 [rows, d], times ``scale`` (held out by ``sampler(held_out=rows)``)."""
+        rows = check_int("rows", rows, 1, self.n)
+        scale = check_float("scale", scale, 0.0, low_open=True)
+        if self.meta["dtype"] == "bfloat16":  # cannot be memory-mapped
+            return self.load()[-rows:] * scale
+        parts, need = [], rows
+        for m in reversed([self._mmap(s["file"]) for s in self.meta["shards"]]):
+            take = min(need, len(m))
+            parts.insert(0, np.asarray(m[len(m) - take :]))
+            need -= take
+            if not need:
+                break
+        return torch.from_numpy(np.concatenate(parts)).float() * scale
 
     def _mmap(self, name: str) -> np.ndarray:
         """A read-only memory map of one shard's [rows, d] array (safetensors layout: an 8-byte

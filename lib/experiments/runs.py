@@ -140,7 +140,8 @@ def train_or_load(
                 sae, lambda b: sample(b).to(device) * scale, cfg, checkpoint_dir=folder, progress=progress,
                 desc=name,
             )
-        save_sae_lens(sae.cpu(), folder / "sae", input_scale=scale, metadata=metadata)
+        save_sae_lens(sae.cpu(), folder / "sae", hook_name=(metadata or {}).get("hook_name", data_key), input_scale=scale,
+                      metadata=metadata, training={"sae": sae_cfg, "train": cfg, "seed": seed})
         if result.snapshots:  # parameters in training units (inputs times ``scale``)
             flat = {f"{step}/{k}": v.contiguous() for step, sd in result.snapshots.items() for k, v in sd.items()}
             with replacing(folder / SNAPSHOTS) as tmp:
@@ -294,7 +295,8 @@ def train_lm_sae(
             scale=scale, metadata=meta, device=device, progress=progress,
         )
         src = work / run_key(name, sae_cfg, cfg, data_key, seed, scale)
-        save_sae_lens(sae.half(), folder / "sae", metadata={**meta, "training_input_scale": scale})
+        save_sae_lens(sae.half(), folder / "sae", hook_name=meta["hook_name"], metadata={**meta, "training_input_scale": scale},
+                      training={"sae": sae_cfg, "train": cfg, "seed": seed})
         snaps = load_snapshots(src)
         final = cfg.steps if cfg.steps in snaps else None
         flat = {f"{step}/{k}": v.half().contiguous() for step, sd in snaps.items() if step != final

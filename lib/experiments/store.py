@@ -35,7 +35,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import time
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sae_ortho.core.numerics import cpu_info, same_cpu_family  # noqa: F401  (store.cpu_info: the manifests' CPU)
 from sae_ortho.core.paths import CACHE, ROOT
 from sae_ortho.core.perturb import PERTURB_VAR, perturb  # noqa: F401  (store.perturb: the readers' hook)
 from sae_ortho.core.validation import canonical, canonical_json
@@ -106,30 +106,6 @@ def sha256_file(path: Path) -> str:
 
 def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-
-
-def cpu_info() -> dict[str, Any]:
-    """Vendor, family, model and AVX-512 support of this CPU (what decides its MKL code path)."""
-    info: dict[str, Any] = {"machine": platform.machine()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    fields = {}
-    for line in text.splitlines():
-        if ":" in line:
-            k, v = (s.strip() for s in line.split(":", 1))
-            fields.setdefault(k, v)
-        elif fields:
-            break  # the first processor's block is enough
-    info.update(vendor=fields.get("vendor_id"), family=fields.get("cpu family"), model=fields.get("model"),
-                model_name=fields.get("model name"), avx512="avx512f" in fields.get("flags", "").split())
-    return info
-
-
-def same_cpu_family(a: dict, b: dict) -> bool:
-    """True when both CPUs run the same code paths of the pinned libraries (vendor, family, AVX-512)."""
-    return all(a.get(k) == b.get(k) for k in ("machine", "vendor", "family", "avx512"))
 
 
 def _commit() -> str | None:

@@ -27,6 +27,7 @@ This module does not import sae_lens (a slow import); the tests load our folders
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -34,11 +35,19 @@ import os
 import secrets
 import shutil
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
 
-from sae_ortho.core.validation import check_float, check_instance, check_output_dir, check_str, is_int
+from sae_ortho.core.validation import (
+    canonical,
+    check_float,
+    check_instance,
+    check_output_dir,
+    check_str,
+    is_int,
+)
 from sae_ortho.models.sae import SAE, SAEConfig
 
 CFG_FILE = "cfg.json"
@@ -57,7 +66,13 @@ def _sae_lens_version() -> str:
 
 
 def save_sae_lens(
-    sae: SAE, folder: str | Path, input_scale: float = 1.0, metadata: dict | None = None
+    sae: SAE,
+    folder: str | Path,
+    *,
+    hook_name: str,
+    input_scale: float = 1.0,
+    metadata: dict | None = None,
+    training: Any = None,
 ) -> Path:
     """Write ``sae`` as a SAELens folder; returns the folder.
 
@@ -66,18 +81,20 @@ def save_sae_lens(
         folder: destination folder, created if missing. If it exists, only the two SAELens files
             are replaced (each atomically, weights first); other files in it are kept. An
             existing ``cfg.json`` that :func:`save_sae_lens` did not write is refused.
+        hook_name: where the inputs came from, the hook SAELens attaches the SAE to
+            (``"blocks.{layer}.hook_resid_post"``); required, a non-empty string (SAELens skips an SAE
+            without one: "No hook found for None"). For data that no model produced, name it
+            (e.g. ``"toy"``): SAELens loads such an SAE but cannot attach it to a model.
         input_scale: ``s`` if the SAE was trained on ``s * x``; folded into the weights.
-        metadata: SAELens metadata to record, e.g. ``model_name``, ``hook_name``
-            (``"blocks.{layer}.hook_resid_post"``), ``context_size``, ``dataset_path``; must be
-            JSON-serialisable. ``input_scale`` is recorded as ``input_scale_folded``. SAELens
-            attaches an SAE to a model at ``hook_name`` (and skips one without it), so metadata
-            that names a ``model_name`` must name a ``hook_name`` too, a non-empty string. An SAE
-            saved without a ``model_name`` (e.g. trained on toy data) records no hook: SAELens
-            loads it, but cannot attach it to a model.
+        metadata: further SAELens metadata, e.g. ``model_name``, ``context_size``,
+            ``dataset_path``; must be JSON-serialisable. A ``hook_name`` in it must equal the
+            argument. ``input_scale`` is recorded as ``input_scale_folded``.
+        training: the training hyperparameters (e.g. the
+            :class:`~sae_ortho.training.train.TrainConfig`, or a dict), recorded as
+            ``metadata["training_config"]`` so the file says how the SAE was made.
 
     Raises:
-        ValueError: a stacked SAE, a bad scale or metadata (a ``model_name`` without a
-            ``hook_name``, a ``hook_name`` that is not a non-empty string), ``folder`` is a file or
+        ValueError: a stacked SAE, a bad scale, hook name or metadata, ``folder`` is a file or
             holds an SAE this function did not write (nothing is written then).
         OSError: a write failed (e.g. a full disk); no temporary folder is left behind and an
             existing save in ``folder`` is unchanged unless the failure came between the two renames
@@ -91,7 +108,11 @@ def save_sae_lens(
     s = check_float("input_scale", input_scale, 0.0, low_open=True)
     if metadata is not None and not isinstance(metadata, dict):
         raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
-    _check_hook(metadata or {})
+    if training is not None and not (isinstance(training, dict) or dataclasses.is_dataclass(training)):
+        raise ValueError(f"training must be a config dataclass, a dict or None, got {type(training).__name__}")
+    metadata = {**(metadata or {}), "hook_name": _check_hook(hook_name, metadata or {})}
+    if training is not None:
+        metadata["training_config"] = canonical(training)
     folder = check_save_folder(folder)
     with torch.no_grad():
         weights = {
@@ -104,7 +125,7 @@ def save_sae_lens(
     dtype = str(sae.W_enc.dtype).removeprefix("torch.")
     version = _sae_lens_version()
     blob = safetensors.torch.save(weights)
-    meta = {"sae_lens_version": version, "sae_lens_training_version": version, **(metadata or {})}
+    meta = {"sae_lens_version": version, "sae_lens_training_version": version, **metadata}
     meta["input_scale_folded"] = s
     meta["weights_sha256"] = hashlib.sha256(blob).hexdigest()
     cfg = {
@@ -149,18 +170,17 @@ def save_sae_lens(
     return folder
 
 
-def _check_hook(metadata: dict) -> None:
-    """SAELens attaches an SAE at ``metadata["hook_name"]``: a model's SAE must name it."""
-    if "hook_name" in metadata:
-        try:
-            check_str("metadata['hook_name']", metadata["hook_name"])
-        except ValueError as e:
-            raise ValueError(f"{e} (the hook SAELens attaches the SAE to, e.g. 'blocks.3.hook_resid_post')") from None
-    elif "model_name" in metadata:
+def _check_hook(hook_name, metadata: dict) -> str:
+    """SAELens attaches an SAE at ``hook_name``: a non-empty string, the same as the metadata's."""
+    try:
+        check_str("hook_name", hook_name)
+    except ValueError as e:
+        raise ValueError(f"{e} (the hook SAELens attaches the SAE to, e.g. 'blocks.3.hook_resid_post')") from None
+    if "hook_name" in metadata and metadata["hook_name"] != hook_name:
         raise ValueError(
-            f"metadata names model_name={metadata['model_name']!r} but no hook_name: SAELens would skip the SAE "
-            "('No hook found for None'); add the hook it reads, e.g. hook_name='blocks.3.hook_resid_post'"
+            f"metadata['hook_name']={metadata['hook_name']!r} differs from hook_name={hook_name!r}; give it once"
         )
+    return hook_name
 
 
 def check_save_folder(folder: str | Path) -> Path:

@@ -905,23 +905,32 @@ def nearest_neighbour_abs_cos(W_dec: Tensor, rows: Tensor | None = None, tie_tol
 
 
 def ortho_penalty(
-    W_enc: Tensor,
     W_dec: Tensor,
-    codes: Tensor | None,
-    cfg: OrthoConfig,
+    codes: Tensor | None = None,
+    cfg: OrthoConfig | None = None,
     cache: NeighbourCache | CertifiedCache | None = None,
+    *,
+    W_enc: Tensor | None = None,
     limit: int | None = None,
     active: Tensor | None = None,
     shard: RowShard | None = None,
 ) -> Tensor:
-    """Mean penalty over the scored latents, per model.
+    """Mean penalty over the scored latents, per model: the term to add as ``lambda_orth * penalty``.
+
+    The one call for any training loop (dictionary_learning's, sparsify's, your own)::
+
+        pen = ortho_penalty(sae.W_dec, codes)        # W_dec [n, d] rows, codes [batch, n]
+        loss = mse + l1_coeff * sparsity + lambda_orth * pen
 
     Args:
-        W_enc: [(M,) d, n]; W_dec: [(M,) n, d]; codes: [(M,) batch, n] (the batch's activations), or None
-            when ``active`` is given.
-        cfg: how to compute it.
-        cache: the neighbour cache, required for the ``CACHE_METHODS`` (``"cached"``: refreshed
-            by the caller).
+        W_dec: [(M,) n, d] decoder rows (one model, or a stack of M independent models).
+        codes: [(M,) batch, n] the batch's latent activations (only which latents are > 0 is used),
+            or None when ``active`` is given.
+        cfg: how to compute it (default ``OrthoConfig()``, the study's proposal, exact).
+        cache: the neighbour cache, required for the ``CACHE_METHODS`` (make it once with
+            ``cfg.make_cache()`` and pass the same one every step; ``"cached"``: refreshed by the
+            caller with ``cache.maybe_refresh``).
+        W_enc: [(M,) d, n]; needed only for ``cfg.target == "encoder"``.
         limit: score only latents ``< limit`` and compare them with rows ``< limit`` (the
             incremental approach: latents not yet added do not exist).
         active: optional bool [(M,) n], latents active in the batch, if the caller has it already
@@ -934,13 +943,22 @@ def ortho_penalty(
         active latent in the batch gets 0. float16 / bfloat16 matrices are scored in float32
         (:func:`penalty_dtype`), so the result is float32 for them.
     """
+    cfg = OrthoConfig() if cfg is None else cfg
     check_instance("cfg", cfg, OrthoConfig)
-    check_tensor("W_enc", W_enc, (2, 3), finite=False)
     check_tensor("W_dec", W_dec, (2, 3), finite=False)
+    if cfg.target == "encoder":
+        if W_enc is None:
+            raise ValueError("ortho_penalty with cfg.target='encoder' needs W_enc= ([(M,) d, n])")
+        check_tensor("W_enc", W_enc, W_dec.ndim, finite=False)
     if codes is None and active is None:
         raise ValueError("ortho_penalty needs the batch's codes or its active set (active=)")
     if codes is not None:
         check_tensor("codes", codes, W_dec.ndim, finite=False)
+        if codes.shape[-1] != W_dec.shape[-2]:
+            raise ValueError(
+                f"codes has {codes.shape[-1]} latents in its last dimension but W_dec has {W_dec.shape[-2]} "
+                "rows: pass codes [(M,) batch, n] and W_dec [(M,) n, d]"
+            )
     check_instance("cache", cache, (NeighbourCache, CertifiedCache), optional=True)
     limit = check_int("limit", limit, 1, W_dec.shape[-2], optional=True)
     W = penalty_dtype(W_dec if cfg.target == "decoder" else W_enc.transpose(-1, -2))

@@ -183,26 +183,38 @@ def status_by_frequency(
         for status, frac in by_status.items():
             ax.bar(bin_labels, frac, bottom=bottom, label=status, color=colors.get(status))
             bottom += np.asarray(frac)
-        ax.set(title=cond, xlabel=xlabel, ylabel="fraction of features", ylim=(0, 1.02))
+        ax.set(title=cond, xlabel=xlabel, ylabel="fraction of features (alone: higher is better)", ylim=(0, 1.02))
         ax.tick_params(axis="x", rotation=30)
-    axes[0, -1].legend(fontsize="small", loc="lower left")
+    # one legend for all panels, outside them, so it hides no bar
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small", bbox_to_anchor=(0.5, -0.02))
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
-def scaling(series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str = "") -> plt.Figure:
-    """Time per step and peak memory vs dictionary size. series: method -> (n, seconds, MB)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for method, (n, secs, mb) in series.items():
+def scaling(series: dict[str, tuple[np.ndarray, ...]], title: str = "") -> plt.Figure:
+    """Cost against dictionary size, one line per method.
+
+    series: method -> (n, seconds per step, peak MB[, time over vanilla's]); the fourth array, where
+    given, adds a panel of the overhead against the vanilla step timed in the same run.
+    """
+    ratio = all(len(v) > 3 for v in series.values())
+    fig, axes = plt.subplots(1, 3 if ratio else 2, figsize=(15 if ratio else 10, 4.2))
+    for method, (n, secs, mb, *rest) in series.items():
         axes[0].plot(n, secs, marker="o", label=method)
         axes[1].plot(n, mb, marker="o", label=method)
+        if ratio:
+            axes[2].plot(n, rest[0], marker="o", label=method)
     axes[0].set(xlabel="latents n", ylabel="seconds per training step (amortised)", xscale="log", yscale="log")
     axes[1].set(xlabel="latents n", ylabel="peak RSS (MB)", xscale="log", yscale="log")
-    axes[0].legend(fontsize="small")
+    if ratio:
+        axes[2].axhline(1.0, color="grey", lw=0.8)
+        axes[2].set(xlabel="latents n", ylabel="step time / vanilla step (same run)", xscale="log", yscale="log")
+    axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     return fig
 
@@ -214,22 +226,32 @@ def histograms(
     value_range: tuple[float, float] = (0.0, 1.0),
     suptitle: str = "",
     logy: bool = False,
+    references: Sequence[str] = (),
 ) -> plt.Figure:
     """Overlaid step histograms (one line per array, e.g. per seed), one panel per key.
 
     panels: panel title -> label -> list of 1-D arrays; every array of a label gets its colour.
-    ``logy`` puts the density on a log scale (tails become visible).
+    ``logy`` puts the density on a log scale (tails become visible). Labels in ``references``
+    (e.g. a random dictionary, whose narrow spike would squash the other curves) are drawn as a
+    grey band from their 5th to 95th percentile with a line at the median, not as a histogram.
     """
     logy = check_bool("logy", logy)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False, sharey=True)
     edges = np.linspace(*value_range, bins + 1)
     for ax, (title, series) in zip(axes[0], panels.items()):
-        for color, (label, arrays) in zip(sns.color_palette(n_colors=len(series)), series.items()):
+        drawn = {k: v for k, v in series.items() if k not in references}
+        for color, (label, arrays) in zip(sns.color_palette(n_colors=len(drawn)), drawn.items()):
             for j, values in enumerate(arrays):
                 ax.hist(
                     values, bins=edges, histtype="step", color=color, alpha=0.9 if j == 0 else 0.5,
                     label=label if j == 0 else None, density=True,
                 )
+        for label in references:
+            if label in series:
+                values = np.concatenate([np.asarray(v, dtype=float) for v in series[label]])
+                lo, mid, hi = np.percentile(values, [5, 50, 95])
+                ax.axvspan(lo, hi, color="grey", alpha=0.25, lw=0, label=f"{label} (5-95%, median)")
+                ax.axvline(mid, color="grey", lw=1)
         ax.set(title=title, xlabel=xlabel, ylabel="density")
         if logy:
             ax.set_yscale("log")
@@ -324,16 +346,19 @@ def frontier(
     styles: label -> matplotlib line keyword arguments; reference: label -> x of a vertical line.
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.2), squeeze=False)
+    markers = "osD^vP*Xh<>p"
     for ax, (title, series) in zip(axes[0], panels.items()):
-        for label, (x, y) in series.items():
+        for i, (label, (x, y)) in enumerate(series.items()):
             x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-            ax.errorbar(x.mean(0), y.mean(0), xerr=x.std(0), yerr=y.std(0), label=label, marker="o", ms=4,
-                        capsize=2, **(styles or {}).get(label, {}))
+            style = {"marker": markers[i % len(markers)], "ms": 4, **(styles or {}).get(label, {})}
+            ax.errorbar(x.mean(0), y.mean(0), xerr=x.std(0), yerr=y.std(0), label=label, capsize=2, **style)
         for label, x0 in (reference or {}).items():
             ax.axvline(x0, color="grey", ls=":", lw=1)
             ax.text(x0, ax.get_ylim()[1], f" {label}", va="top", fontsize="x-small", color="grey")
-        ax.set(xlabel=xlabel, ylabel=title, title=title)
-    axes[0, -1].legend(fontsize="x-small", loc="best")
+        ax.set(xlabel=xlabel, ylabel=f"{title} (higher is better)", title=title)
+    # one legend for every panel, beside them, so it covers no curve
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()

@@ -28,6 +28,9 @@ slice, gradients are averaged, and rank 0 writes the checkpoints.
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +72,7 @@ from sae_ortho.training import distributed
 from sae_ortho.training.checkpoint import load_checkpoint, save_checkpoint
 from sae_ortho.training.distributed import CollectiveError, Group
 from sae_ortho.training.recipe import Recipe, aux_k_loss, aux_k_residual_loss, resample_dead
+from sae_ortho.training.runlog import RunLog, held_out_metrics
 
 PerModel = float | tuple[float, ...]
 # OrthoConfig fields added after runs were first keyed by their fingerprint: left out of it at
@@ -295,8 +299,8 @@ def loss_terms(
     if use_ortho:
         scored = active & (torch.arange(n, device=codes.device) >= start) if start > 0 else active
         pen = ortho_penalty(
-            sae.W_enc, sae.W_dec, None, cfg.ortho, cache=cache, limit=end if end < n else None, active=scored,
-            shard=group,
+            sae.W_dec, None, cfg.ortho, cache=cache, limit=end if end < n else None, active=scored,
+            shard=group, W_enc=sae.W_enc,
         )
     else:
         pen = torch.zeros_like(recon)
@@ -605,6 +609,11 @@ def train(
     progress: bool = True,
     desc: str = "train",
     group: Group | None = None,
+    *,
+    log: RunLog | str | Path | None = None,
+    eval_data: Tensor | None = None,
+    eval_every: int = 0,
+    data_id: str | None = None,
 ) -> TrainResult:
     """Train ``sae`` in place on batches from ``sample(batch_size) -> x: [(M,) batch, d]``.
 
@@ -621,14 +630,29 @@ def train(
         progress: show a tqdm bar (rank 0 only in a data-parallel job).
         group: the data-parallel job; by default the running torch.distributed job if it has
             more than one process (:func:`sae_ortho.training.distributed.current`), else none.
+        log: a :class:`~sae_ortho.training.runlog.RunLog` or the path of a JSONL file: every
+            ``cfg.log_every`` steps the loss terms, every ``eval_every`` steps the held-out
+            metrics (rank 0 only).
+        eval_data: [N, d] held-out inputs in training units (N >= 2); every ``eval_every`` steps
+            and at the end :func:`~sae_ortho.training.runlog.held_out_metrics` (FVE, L0, dead)
+            go to the log and to ``TrainResult.history`` (keys ``eval_*``, steps in ``eval_step``).
+        data_id: identifies the training data (e.g. a cache key, or the generator and its seed);
+            stored in the checkpoint, and a resume on other data is refused.
+
+    A checkpointed run on one process writes a checkpoint when it receives SIGINT or SIGTERM and
+    raises :class:`TrainingInterrupted`; running it again resumes. A resume checks the
+    configuration field by field (the error names the fields that differ) and the data's
+    identity; ``cfg.steps`` may be raised (the run continues to the new end; schedules that count
+    from the end move with it), ``log_every`` and ``checkpoint_every`` changed.
 
     Raises:
         FloatingPointError: a non-finite loss or gradient, naming the step (a checkpoint is never
             written with non-finite weights); the last checkpoint is kept.
         TypeError: ``cfg`` is not a :class:`TrainConfig` (e.g. a dict).
+        TrainingInterrupted: SIGINT or SIGTERM; the checkpoint of the step reached is written.
         ValueError: a sampled batch with fewer rows than ``batch_size``, an option without effect
             for the SAE's kind (:meth:`TrainConfig.check_kind`), a checkpoint in
-            ``checkpoint_dir`` from a different configuration, or
+            ``checkpoint_dir`` from a different configuration or data, or
             ``checkpoint_dir`` is a file (checked before training), a batch that does not divide
             over the processes, or processes seeded differently.
         sae_ortho.training.checkpoint.CheckpointError: a damaged, truncated or other-version checkpoint (a
@@ -654,13 +678,20 @@ def train(
     if ckpt is not None and ckpt.is_dir():
         raise ValueError(f"checkpoint_dir holds a folder named {ckpt.name}: {ckpt}; move it away or pass another folder")
     fingerprint = cfg.fingerprint(sae)
+    data_id = check_str("data_id", data_id, optional=True)
+    eval_every = check_int("eval_every", eval_every, 0)
+    if eval_data is not None:
+        check_tensor("eval_data", eval_data, 2)
+        if eval_data.shape[-1] != sae.cfg.d or len(eval_data) < 2:
+            raise ValueError(f"eval_data must have shape [N >= 2, {sae.cfg.d}], got {tuple(eval_data.shape)}")
+    elif eval_every:
+        raise ValueError("eval_every needs eval_data (held-out inputs [N, d])")
     history: dict[str, list[np.ndarray]] = {}
     snapshots: dict[int, dict[str, Tensor]] = {}
     start = 0
     if ckpt is not None and ckpt.exists():
         state = load_checkpoint(ckpt)
-        if state.get("fingerprint") != fingerprint:
-            raise ValueError(f"checkpoint {ckpt} is from a different configuration; remove it or use another folder")
+        _check_resume(ckpt, state, fingerprint, cfg, data_id)
         sae.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
@@ -709,16 +740,34 @@ def train(
                 "stepper": stepper.state_dict(),
                 "snapshots": snapshots,
                 "world_size": world,
+                "data": data_id,
             },
             finite=("model", "optimizer"),
         )
 
     snap_at = set(cfg.snapshot_steps)
     show = progress and (group is None or group.rank == 0)
+    runlog = None
+    if log is not None and (group is None or group.rank == 0):
+        runlog = log if isinstance(log, RunLog) else RunLog(log)
+        runlog.resume(start)
+    eval_at = set(range(eval_every, cfg.steps + 1, eval_every)) | {cfg.steps} if eval_data is not None else set()
+
+    def evaluate(step: int) -> None:
+        metrics = held_out_metrics(sae, eval_data)
+        for k, v in {"eval_step": np.asarray(step), **{k: _numpy(v) for k, v in metrics.items()}}.items():
+            history.setdefault(k, []).append(v)
+        if runlog is not None:
+            runlog.write({"step": step, **metrics, "eval_rows": len(eval_data)})
+
     # refresh interval: tqdm's default, or TQDM_MININTERVAL from the environment (the Makefile sets 30 s)
     bar = tqdm(range(start, cfg.steps), desc=desc, disable=not show, initial=start, total=cfg.steps)
     saved = start if ckpt is not None and ckpt.exists() else None
     step = start
+    # SIGINT / SIGTERM: finish the step, write a checkpoint, stop (one process with a checkpoint:
+    # several processes would have to agree on the step, so a job keeps its periodic checkpoints).
+    stop: list[int] = []
+    handlers = _catch_signals(stop) if ckpt is not None and group is None else {}
     try:
         for step in bar:
             terms = stepper(sample(cfg.batch_size), step)
@@ -727,18 +776,30 @@ def train(
                 rec["step"] = np.asarray(step + 1)
                 for k, v in rec.items():
                     history.setdefault(k, []).append(v)
+                if runlog is not None:
+                    runlog.write({"step": step + 1, **{k: v for k, v in rec.items() if k != "step"}})
                 if show:
                     bar.set_postfix(loss=f"{float(terms['loss'].detach().mean()):.4g}", refresh=False)
+            if step + 1 in eval_at:
+                evaluate(step + 1)
             if step + 1 in snap_at:
                 snapshots[step + 1] = {k: v.detach().cpu().clone() for k, v in sae.state_dict().items()}
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
                 checkpoint(step + 1)
                 saved = step + 1
+            if stop and step + 1 < cfg.steps:
+                checkpoint(step + 1)
+                raise TrainingInterrupted(stop[0], step + 1, ckpt)
         if ckpt is not None and start < cfg.steps:
             checkpoint(cfg.steps)
     except CollectiveError as e:
         kept = f"The checkpoint of step {saved} in {ckpt.parent} is kept" if saved is not None else "No checkpoint was written"
         raise CollectiveError(f"training stopped at step {step}: {e}. {kept}; run the same command again to resume") from e
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        if runlog is not None and not isinstance(log, RunLog):
+            runlog.close()
     return TrainResult(
         {k: np.stack(v) for k, v in history.items()},
         resumed_from=start,
@@ -748,6 +809,61 @@ def train(
         certified=cache.summary() if isinstance(cache, CertifiedCache) else {},
         world_size=world,
     )
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM after writing the checkpoint of ``step``."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(
+            f"training stopped by {signal.Signals(signum).name} at step {step}; checkpoint written to "
+            f"{checkpoint}: run the same command (or call) again to resume"
+        )
+
+
+def _catch_signals(stop: list[int]) -> dict:
+    """Record SIGINT / SIGTERM in ``stop`` instead of dying; returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # signal handlers can only be set from the main thread
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, lambda s, _frame: stop.append(s))
+    return previous
+
+
+def _leaf_differences(a: object, b: object, path: str = "") -> list[str]:
+    """Dotted paths of the leaves where two JSON trees differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _leaf_differences(a.get(k), b.get(k), f"{path}.{k}".lstrip("."))]
+    return [] if a == b else [f"{path} ({a!r} in the checkpoint, {b!r} now)"]
+
+
+_MAY_CHANGE_ON_RESUME = ("train.steps ", "train.log_every ", "train.checkpoint_every ")
+
+
+def _check_resume(ckpt: Path, state: dict, fingerprint: str, cfg: TrainConfig, data_id: str | None) -> None:
+    """Refuse a resume with another configuration (naming the fields) or other data; allow more steps."""
+    saved = state.get("fingerprint")
+    if saved != fingerprint:
+        try:
+            diff = _leaf_differences(json.loads(saved), json.loads(fingerprint))
+        except (TypeError, ValueError):
+            diff = ["(the checkpoint does not record its fields)"]
+        # How long to train and how often to log or checkpoint may change; nothing else.
+        diff = [d for d in diff if not d.startswith(_MAY_CHANGE_ON_RESUME)]
+        if diff:
+            raise ValueError(
+                f"checkpoint {ckpt} is from a different configuration: {'; '.join(diff)}. Use the "
+                "checkpoint's values, another folder, or remove the checkpoint to start again"
+            )
+    if state["step"] > cfg.steps:
+        raise ValueError(f"checkpoint {ckpt} is at step {state['step']}, beyond steps={cfg.steps}; steps may only be raised")
+    if data_id is not None and state.get("data") is not None and state["data"] != data_id:
+        raise ValueError(
+            f"checkpoint {ckpt} was trained on data {state['data']!r}, not {data_id!r}: resuming would continue "
+            "on other data; pass the same data (and seed), or another folder"
+        )
 
 
 def _start_together(group: Group, sae: SAE, start: int, ckpt: Path | None) -> None:

@@ -12,7 +12,7 @@ torchrun every process trains on its slice of each global batch of ``--batch-siz
 gradients are averaged (:mod:`sae_ortho.training.distributed`; nccl on GPUs, each process on GPU
 ``LOCAL_RANK``; gloo on CPUs). Rank 0 writes ``<out>/checkpoint.pt`` every
 ``--checkpoint-every`` steps and at the end the SAE in the SAELens format (``<out>/sae``, in raw
-activation units) and ``<out>/summary.json`` (final loss terms, throughput, the certified cache's
+activation units), ``<out>/log.jsonl`` (loss terms and held-out metrics as the run goes, :mod:`sae_ortho.training.runlog`) and ``<out>/summary.json`` (final loss terms, throughput, the certified cache's
 report). Running the same command again resumes from the checkpoint, also on another number of
 processes (the same global batches follow).
 """
@@ -35,13 +35,14 @@ from sae_ortho.core.reproducibility import setup
 from sae_ortho.models.sae import SAE, SAE_KINDS, SAEConfig
 from sae_ortho.ortho import METHODS, PENALTY_SHAPES, OrthoConfig
 from sae_ortho.training import distributed
-from sae_ortho.training.train import KERNELS, TrainConfig, train
+from sae_ortho.training.train import KERNELS, TrainConfig, TrainingInterrupted, train
 
 DEVICES = ("auto", "cpu", "cuda")
 L1_DEFAULT = 1e-3  # --l1-coeff of ReLU SAEs
 # Ortho flags used only by some methods: flag -> (methods, default).
 METHOD_FLAGS = {"cache_k": (("cached", "certified"), 64), "refresh_every": (("cached",), 100),
                 "check_rows": (("certified",), 64)}
+EVAL_ROWS = 4096  # --eval-rows
 TOY_DEFAULTS = {"toy_features": 1024, "toy_d": 128, "toy_p": 0.01}
 
 
@@ -66,7 +67,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--check-rows", type=int, default=None,
                    help=f"certified: rows checked against the exact search per step (default {METHOD_FLAGS['check_rows'][1]})")
     p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--log-every", type=int, default=50, help="steps between the loss records in <out>/log.jsonl")
+    p.add_argument("--eval-every", type=int, default=500,
+                   help="steps between the held-out FVE / L0 / dead records in <out>/log.jsonl (0: none)")
+    p.add_argument("--eval-rows", type=int, default=None,
+                   help=f"held-out inputs: fresh toy samples, or the last rows of the cache, never drawn in training "
+                        f"(default {EVAL_ROWS}, at most a tenth of the cache)")
+    p.add_argument("--wandb-project", default=None, help="also log to this wandb project (wandb must be installed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kernel", default="auto", help=f"one of {KERNELS}: how a step is computed "
                    "(sparse: over the active codes only; auto: sparse on a CPU once the codes are sparse)")
@@ -96,10 +103,11 @@ def check(a: argparse.Namespace) -> None:
         if getattr(a, flag) not in allowed:
             raise SystemExit(f"{_flag(flag)} must be one of {', '.join(allowed)}, got {getattr(a, flag)!r}")
     check_unused(a)
-    for flag in ("n_latents", "steps", "batch_size", "cache_k", "refresh_every", "log_every", "toy_features", "toy_d"):
+    for flag in ("n_latents", "steps", "batch_size", "cache_k", "refresh_every", "log_every", "toy_features", "toy_d",
+                 "eval_rows"):
         if getattr(a, flag) is not None and getattr(a, flag) <= 0:
             raise SystemExit(f"{_flag(flag)} must be a positive integer, got {getattr(a, flag)}")
-    for flag in ("checkpoint_every", "check_rows", "seed"):
+    for flag in ("checkpoint_every", "check_rows", "seed", "eval_every"):
         if getattr(a, flag) is not None and getattr(a, flag) < 0:
             raise SystemExit(f"{_flag(flag)} must be an integer >= 0, got {getattr(a, flag)}")
     if a.kind == "topk" and (a.k is None or not 1 <= a.k <= a.n_latents):
@@ -135,6 +143,8 @@ def check_unused(a: argparse.Namespace) -> None:
     for name, (methods, _) in METHOD_FLAGS.items():
         if a.ortho_method not in methods and getattr(a, name) is not None:
             unused.append((name, "--ortho-method " + " or ".join(methods)))
+    if a.eval_every == 0 and a.eval_rows is not None:
+        unused.append(("eval_rows", "--eval-every > 0"))
     if a.data != "toy":
         unused += [(name, "--data toy") for name in TOY_DEFAULTS if getattr(a, name) is not None]
     elif a.data_in_memory:
@@ -218,11 +228,22 @@ def run(a: argparse.Namespace, group: distributed.Group | None) -> None:
             toy.ToyDataConfig(a.toy_features, a.toy_d, embedding="random", p=a.toy_p),
             generator=torch.Generator().manual_seed(a.seed),
         )
-        d, scale, metadata = a.toy_d, 1.0, {"dataset_path": "toy"}
+        d, scale, metadata = a.toy_d, 1.0, {"dataset_path": "toy", "hook_name": "toy"}
         sample = lambda b: data.sample(b).x.to(device)
+        held_out = None
+        if a.eval_every:  # fresh samples from the same features, from a stream of their own
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(a.seed + 1)
+                held_out = data.sample(a.eval_rows or EVAL_ROWS).x
+        data_id = f"toy features={a.toy_features} d={a.toy_d} p={a.toy_p} seed={a.seed}"
     else:
         store, scale, metadata = open_activations(a.data)
-        d, sample = store.d, store.sampler(scale, device, in_memory=a.data_in_memory)
+        if a.eval_rows is not None and a.eval_rows >= store.n:
+            raise SystemExit(f"--eval-rows {a.eval_rows} must be below the cache's {store.n} rows")
+        rows = (a.eval_rows or max(2, min(EVAL_ROWS, store.n // 10))) if a.eval_every else 0
+        d, sample = store.d, store.sampler(scale, device, in_memory=a.data_in_memory, held_out=rows)
+        held_out = store.tail(rows, scale) if rows else None
+        data_id = f"activation cache {Path(a.data).name}, last {rows} rows held out"
     sae_cfg = SAEConfig(d=d, n_latents=a.n_latents, kind=a.kind, k=a.k if a.kind == "topk" else None)
     options = {name: getattr(a, name) for name, (methods, _) in METHOD_FLAGS.items() if a.ortho_method in methods}
     ortho = OrthoConfig(shape=a.ortho_shape, method=a.ortho_method, **options)
@@ -236,13 +257,29 @@ def run(a: argparse.Namespace, group: distributed.Group | None) -> None:
     sae = SAE(sae_cfg, generator=torch.Generator().manual_seed(a.seed)).to(device)
     out = Path(a.out)
     t0 = time.perf_counter()
-    res = train(sae, sample, cfg, checkpoint_dir=out, progress=not a.no_progress, desc=f"train x{world}", group=group)
+    log = None
+    if rank == 0:
+        from sae_ortho.training.runlog import RunLog
+
+        log = RunLog(out / "log.jsonl", wandb_project=a.wandb_project, config=vars(a))
+    try:
+        res = train(sae, sample, cfg, checkpoint_dir=out, progress=not a.no_progress, desc=f"train x{world}", group=group,
+                    log=log, eval_data=held_out, eval_every=a.eval_every, data_id=data_id)
+    except TrainingInterrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
+    except ValueError as e:  # a resume with another configuration or data: the message names what differs
+        raise SystemExit(f"error: {e}") from None
+    finally:
+        if log is not None:
+            log.close()
     seconds = time.perf_counter() - t0
     if rank != 0:
         return
     from sae_ortho.models.saelens_io import save_sae_lens
 
-    save_sae_lens(sae.cpu(), out / "sae", input_scale=scale, metadata=metadata)
+    save_sae_lens(sae.cpu(), out / "sae", hook_name=metadata["hook_name"], input_scale=scale, metadata=metadata,
+                  training={"sae": sae_cfg, "train": cfg, "seed": a.seed})
     steps_run = a.steps - res.resumed_from
     last = {k: float(v[-1].mean()) for k, v in res.history.items() if k != "step"}
     summary = {
