@@ -17,7 +17,8 @@ this list (``tests/test_layers.py`` checks it, and that there are no import cycl
   nearest-neighbour |cos| peaks, cross-seed agreement (public contract: ``sae_ortho.metrics.mmcs``).
 - ``data``: toy data with ground truth (``toy``), constructed starting points (``constructions``),
   SynthSAEBench (``synthbench``), and the language-model side: model (``lm``), text (``corpus``),
-  activation cache (``activations``), the pipeline notebooks 02-04 share (``lm_data``).
+  activation cache (``activations``), the pipeline notebooks 02-04 share (``lm_data``), your
+  own activations from files (``tensor_files``).
 - ``analysis``: decomposition, summed features, the objective's optimum and value, statistics and
   verdicts (``stats``), matched-sparsity frontiers, convergence, geometry, hierarchy readout, LM
   evaluation.

@@ -701,7 +701,7 @@ for who in head.who.unique():
         for s in (metrics.ALONE, metrics.IN_COMBINATION, metrics.MISSED)
     }
 fig = plotting.status_by_frequency(
-    bin_labels, fractions, suptitle=f"Q3: what happens to each true feature, by firing probability (ρ={q3_rho}, λ={L1_3})"
+    bin_labels, fractions, suptitle=f"Q3: what happens to each true feature, by firing probability (ρ={q3_rho}, L1 coefficient {L1_3})"
 )
 plotting.save_figure(fig, "01_q3_frequency")
 sweep_q3 = q3[q3.start == "random"]

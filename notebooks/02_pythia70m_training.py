@@ -288,10 +288,10 @@ hist_panels = {
                      "random dictionary": [rand_nn[lay]]}
     for lay in (layer, other_layer)
 }
-fig = plotting.histograms(hist_panels, "nearest-neighbour |cos| of decoder rows",
+fig = plotting.histograms(hist_panels, "nearest-neighbour |cos| of decoder rows", references=("random dictionary",),
                           suptitle=f"Q7/Q8: {LABEL}, {n_latents} latents (one line per seed)")
 plotting.save_figure(fig, "02_q7_nn_cos_histograms")
-fig = plotting.histograms(hist_panels, "nearest-neighbour |cos| of decoder rows", logy=True,
+fig = plotting.histograms(hist_panels, "nearest-neighbour |cos| of decoder rows", logy=True, references=("random dictionary",),
                           suptitle=f"Q7/Q8: {LABEL}, {n_latents} latents, log density (tails)")
 plotting.save_figure(fig, "02_q7_nn_cos_histograms_log")
 
@@ -342,6 +342,7 @@ fig = plotting.histograms(
         "random dictionary": [rand_nn[layer]],
     } for k in ("vanilla",)},
     "nearest-neighbour |cos| of decoder rows", suptitle=f"Q8: {LABEL}, peaks across seeds and layers",
+    references=("random dictionary",),
 )
 plotting.save_figure(fig, "02_q8_seed_stability")
 

@@ -258,9 +258,10 @@ def curves(metric: str, settings: list[str]) -> dict:
 palette = {"L1": "Blues", "TopK": "Oranges"}
 styles = {}
 for m, cmap in palette.items():
-    shades = sns.color_palette(cmap, len(ortho_weights) + 1)[1:]
-    for w, c in zip(ortho_weights, shades):
-        styles[f"{m} λ={w:g}"] = {"color": c, "ls": "-" if w == 0 else "--"}
+    # one hue per kind, darker and with another line style for each λ, so the series stay apart
+    shades = sns.color_palette(cmap, 2 * len(ortho_weights) + 1)[len(ortho_weights) : -1]
+    for w, c, ls in zip(ortho_weights, shades, ("-", "--", ":", "-.")):
+        styles[f"{m} λ={w:g}"] = {"color": c, "ls": ls}
 for name, c in zip(sr.PEER_ARCHITECTURES.values(), ("tab:green", "tab:purple", "tab:red")):
     styles[name] = {"color": c, "ls": "-", "lw": 2.2}
 fig = plotting.frontier(

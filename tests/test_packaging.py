@@ -101,7 +101,8 @@ def _third_party_imports() -> set[str]:
 
 
 def test_every_third_party_import_is_a_declared_dependency():
-    declared = {Requirement(r).name.lower() for r in PYPROJECT["project"]["dependencies"]}
+    extras = [r for group in PYPROJECT["project"].get("optional-dependencies", {}).values() for r in group]
+    declared = {Requirement(r).name.lower() for r in PYPROJECT["project"]["dependencies"] + extras}
     missing = {m for m in _third_party_imports() if DISTRIBUTION.get(m, m).lower().replace("_", "-") not in declared}
     assert not missing, f"imported in lib/ but not declared in pyproject.toml's dependencies: {sorted(missing)}"
     assert "tabulate" in declared  # pandas' to_markdown needs it (an optional pandas dependency)

@@ -129,7 +129,7 @@ def test_bad_arguments_name_the_flag(tmp_path, extra, flag):
 
 
 def test_bad_data_and_foreign_out_folder(tmp_path):
-    with pytest.raises(SystemExit, match="^--data must be 'toy' or a cache folder"):
+    with pytest.raises(SystemExit, match="^--data must be 'toy', a cache folder .* or a .npy, .pt, .safetensors file"):
         main(_args(tmp_path / "nothing", tmp_path / "x"))
     mine = tmp_path / "mine"
     mine.mkdir()

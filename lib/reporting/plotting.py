@@ -183,8 +183,9 @@ def status_by_frequency(
         for status, frac in by_status.items():
             ax.bar(bin_labels, frac, bottom=bottom, label=status, color=colors.get(status))
             bottom += np.asarray(frac)
-        ax.set(title=cond, xlabel=xlabel, ylabel="fraction of features (alone: higher is better)", ylim=(0, 1.02))
+        ax.set(title=cond, xlabel=xlabel, ylim=(0, 1.02))
         ax.tick_params(axis="x", rotation=30)
+    axes[0, 0].set_ylabel("fraction of features\n(alone: higher is better)")
     # one legend for all panels, outside them, so it hides no bar
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small", bbox_to_anchor=(0.5, -0.02))

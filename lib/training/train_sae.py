@@ -5,7 +5,7 @@
         --data cache/activations/<key> --n-latents 100000 --batch-size 8192 --steps 100000 \\
         --ortho-weight 0.01 --ortho-method certified --checkpoint-every 1000 --out runs/big
 
-``--data`` is ``toy`` (random sparse features, :mod:`sae_ortho.data.toy`) or a cache folder written by
+``--data`` is ``toy`` (random sparse features, :mod:`sae_ortho.data.toy`), your own ``[N, d]`` activations (a ``.npy``, ``.pt`` or ``.safetensors`` file or a ``datasets`` folder, :mod:`sae_ortho.data.tensor_files`; scaled the same way, the last rows held out), or a cache folder written by
 :mod:`sae_ortho.data.activations` (verified before use; inputs scaled so that ``mean ||x||^2 = d``; the rows
 drawn are read from the memory-mapped shards unless ``--data-in-memory``). Under
 torchrun every process trains on its slice of each global batch of ``--batch-size`` inputs and
@@ -32,6 +32,7 @@ import torch
 
 from sae_ortho.core.atomic import atomic_write
 from sae_ortho.core.reproducibility import setup
+from sae_ortho.data.tensor_files import SUFFIXES, is_activations_file, load_activations
 from sae_ortho.models.sae import SAE, SAE_KINDS, SAEConfig
 from sae_ortho.ortho import METHODS, PENALTY_SHAPES, OrthoConfig
 from sae_ortho.training import distributed
@@ -48,7 +49,10 @@ TOY_DEFAULTS = {"toy_features": 1024, "toy_d": 128, "toy_p": 0.01}
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sae_ortho.training.train_sae", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="'toy' or a cache folder written by sae_ortho.data.activations")
+    p.add_argument("--data", required=True, help="'toy', a cache folder written by sae_ortho.data.activations, or your "
+                   "own [N, d] activations: a .npy, .pt or .safetensors file or a Hugging Face datasets folder")
+    p.add_argument("--hook-name", default=None, help="--data <a file>: where the activations came from, recorded for "
+                   "SAELens (e.g. blocks.3.hook_resid_post); required there")
     p.add_argument("--out", required=True, help="run folder: checkpoint, final SAE, summary")
     p.add_argument("--n-latents", type=int, required=True)
     p.add_argument("--steps", type=int, required=True)
@@ -126,8 +130,12 @@ def check(a: argparse.Namespace) -> None:
         raise SystemExit(f"--timeout-s must be a number > 0, got {a.timeout_s}")
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is available")
-    if a.data != "toy" and not (Path(a.data) / "meta.json").is_file():
-        raise SystemExit(f"--data must be 'toy' or a cache folder written by sae_ortho.data.activations (with meta.json), got {a.data!r}")
+    if a.data != "toy" and not (Path(a.data) / "meta.json").is_file() and not is_activations_file(a.data):
+        raise SystemExit(f"--data must be 'toy', a cache folder written by sae_ortho.data.activations (with meta.json), "
+                         f"or a {', '.join(SUFFIXES)} file or Hugging Face datasets folder of [N, d] activations; got {a.data!r}")
+    if _is_file_data(a) and not a.hook_name:
+        raise SystemExit("--hook-name is required with --data <a file>: the hook SAELens attaches the SAE to "
+                         "(e.g. blocks.3.hook_resid_post), recorded in cfg.json")
     check_out(a.out)
 
 
@@ -147,8 +155,10 @@ def check_unused(a: argparse.Namespace) -> None:
         unused.append(("eval_rows", "--eval-every > 0"))
     if a.data != "toy":
         unused += [(name, "--data toy") for name in TOY_DEFAULTS if getattr(a, name) is not None]
-    elif a.data_in_memory:
-        unused.append(("data_in_memory", "--data <an activation cache>"))
+    if a.data_in_memory and (a.data == "toy" or _is_file_data(a)):
+        unused.append(("data_in_memory", "--data <an activation cache> (a file is always read into memory)"))
+    if a.hook_name is not None and not _is_file_data(a):
+        unused.append(("hook_name", "--data <a file> (a cache records its hook; toy data has none)"))
     for name, needs in unused:
         raise SystemExit(f"{_flag(name)} only applies to {needs}, which this run does not use")
     if a.kind == "relu" and a.l1_coeff is None:
@@ -179,6 +189,10 @@ def check_out(folder: str) -> None:
     for name in ("checkpoint.pt", "summary.json"):
         if (out / name).exists() and not (out / name).is_file():
             raise SystemExit(f"--out {folder!r} holds a folder named {name}; move it away or choose another folder")
+
+
+def _is_file_data(a: argparse.Namespace) -> bool:
+    return a.data != "toy" and not (Path(a.data) / "meta.json").is_file()
 
 
 def open_activations(folder: str):
@@ -236,6 +250,22 @@ def run(a: argparse.Namespace, group: distributed.Group | None) -> None:
                 torch.manual_seed(a.seed + 1)
                 held_out = data.sample(a.eval_rows or EVAL_ROWS).x
         data_id = f"toy features={a.toy_features} d={a.toy_d} p={a.toy_p} seed={a.seed}"
+    elif _is_file_data(a):
+        try:
+            x = load_activations(a.data)
+        except ValueError as e:
+            raise SystemExit(f"--data: {e}") from None
+        if a.eval_rows is not None and a.eval_rows >= len(x):
+            raise SystemExit(f"--eval-rows {a.eval_rows} must be below the file's {len(x)} rows")
+        rows = (a.eval_rows or max(2, min(EVAL_ROWS, len(x) // 10))) if a.eval_every else 0
+        n_train = len(x) - rows
+        d = x.shape[1]
+        scale = math.sqrt(d / float(x[:n_train].double().square().sum(1).mean()))  # mean ||s x||^2 = d
+        train_x = x[:n_train].to(device)
+        sample = lambda b: train_x[torch.randint(n_train, (b,)).to(device)] * scale
+        held_out = x[n_train:] * scale if rows else None
+        metadata = {"dataset_path": str(Path(a.data).resolve().name), "hook_name": a.hook_name}
+        data_id = f"{Path(a.data).name}: {len(x)} x {d}, sum {float(x.double().sum()):.17g}, last {rows} rows held out"
     else:
         store, scale, metadata = open_activations(a.data)
         if a.eval_rows is not None and a.eval_rows >= store.n:
