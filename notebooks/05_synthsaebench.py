@@ -184,8 +184,8 @@ score_seconds = time.perf_counter() - t0
 t0 = time.perf_counter()
 peers, peer_rows = job.result()
 wait_seconds = time.perf_counter() - t0
-print(f"{len(ours)} of our SAEs trained in {our_seconds:.0f} s and scored in {score_seconds:.0f} s; "
-      f"{len(peers)} SAELens SAEs trained and scored {'alongside' if peers_in_background else 'after them'} "
+print(f"{len(ours)} of our SAEs trained or read from the store in {our_seconds:.0f} s, scored in {score_seconds:.0f} s; "
+      f"{len(peers)} SAELens SAEs trained or read from the store and scored {'alongside' if peers_in_background else 'after them'} "
       f"(waited {wait_seconds:.0f} s more)")
 
 # %%

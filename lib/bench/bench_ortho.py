@@ -50,7 +50,14 @@ from sae_ortho.core.paths import RESULTS
 from sae_ortho.core.reproducibility import setup
 from sae_ortho.core.validation import check_bool, check_output_dir
 from sae_ortho.models.sae import SAE, SAEConfig
-from sae_ortho.ortho import EXACT_METHODS, METHOD_OPTIONS, PENALTY_SHAPES, OrthoConfig, nn_abs_cos
+from sae_ortho.ortho import (
+    DEFAULT_CACHE_K,
+    EXACT_METHODS,
+    METHOD_OPTIONS,
+    PENALTY_SHAPES,
+    OrthoConfig,
+    nn_abs_cos,
+)
 from sae_ortho.training.train import Stepper, TrainConfig
 
 METHODS = ("vanilla", "naive", "active", "chunked", "cached", "certified", "ortsae", "incremental")
@@ -94,7 +101,7 @@ OPTIONS = {
     "stage_size": (1024, 2, ("incremental",)),  # 1 would leave the first stage's latent alone
     "check_rows": (4096, 1, None),
     "stale_steps": (0, 0, ("cached",)),
-    "certified_k": (64, 1, ("certified",)),
+    "certified_k": (DEFAULT_CACHE_K["certified"], 1, ("certified",)),
     "certified_steps": (20, 1, ("certified",)),
     "warm_steps": (20, 0, ("certified",)),
     "certified_check": (64, 0, ("certified",)),
@@ -165,7 +172,7 @@ def _method_options(method: str, k: int, refresh: int, ortsae_chunk: int, check_
 
 def run_one(method: str, n: int, d: int, batch: int, steps: int, k: int, refresh: int,
             ortsae_chunk: int, stage_size: int, check_rows: int, threads: int, stale_steps: int = 0,
-            certified_k: int = 64, certified_steps: int = 20, warm_steps: int = 20, certified_check: int = 64,
+            certified_k: int = DEFAULT_CACHE_K["certified"], certified_steps: int = 20, warm_steps: int = 20, certified_check: int = 64,
             paired: bool = False, kernel: str = "dense") -> Result:
     """Time ``steps`` training steps of one method (after one warm-up step) in this process.
 

@@ -68,14 +68,14 @@ ORTHO_FIELDS: tuple[tuple[str, type, Any], ...] = (
     # "certified" is exact at every step and the cheapest exact search at large widths;
     # "chunked" is the reference exact search (no state).
     ("ortho_method", str, "certified"),
-    ("ortho_cache_k", int, 64),  # certified / cached: candidates per latent
+    ("ortho_cache_k", int | None, None),  # certified / cached: candidates per latent (None: DEFAULT_CACHE_K)
 )
 
 
 def _ortho_config(cfg: Any) -> OrthoConfig:
     """The :class:`OrthoConfig` of a training config's ``ortho_*`` fields (validated there)."""
     kw: dict[str, Any] = {"shape": cfg.ortho_shape, "method": cfg.ortho_method}
-    if cfg.ortho_method in ("certified", "cached"):
+    if cfg.ortho_method in ("certified", "cached") and cfg.ortho_cache_k is not None:
         kw["cache_k"] = cfg.ortho_cache_k
     return OrthoConfig(**kw)
 
@@ -84,7 +84,7 @@ def _post_init(self: Any) -> None:
     self._base_post_init()
     self.ortho_coefficient = check_float("ortho_coefficient", self.ortho_coefficient)
     self.ortho_warm_up_steps = check_int("ortho_warm_up_steps", self.ortho_warm_up_steps, 0)
-    self.ortho_cache_k = check_int("ortho_cache_k", self.ortho_cache_k, 1)
+    self.ortho_cache_k = check_int("ortho_cache_k", self.ortho_cache_k, 1, optional=True)
     check_choice("ortho_shape", self.ortho_shape, tuple(PENALTY_SHAPES))
     check_choice("ortho_method", self.ortho_method, METHODS)
     if self.ortho_coefficient < 0 and self.ortho_shape not in BOUNDED_SHAPES:

@@ -34,14 +34,14 @@ from sae_ortho.core.atomic import atomic_write
 from sae_ortho.core.reproducibility import setup
 from sae_ortho.data.tensor_files import SUFFIXES, is_activations_file, load_activations
 from sae_ortho.models.sae import SAE, SAE_KINDS, SAEConfig
-from sae_ortho.ortho import METHODS, PENALTY_SHAPES, OrthoConfig
+from sae_ortho.ortho import DEFAULT_CACHE_K, METHODS, PENALTY_SHAPES, OrthoConfig
 from sae_ortho.training import distributed
 from sae_ortho.training.train import KERNELS, TrainConfig, TrainingInterrupted, train
 
 DEVICES = ("auto", "cpu", "cuda")
 L1_DEFAULT = 1e-3  # --l1-coeff of ReLU SAEs
 # Ortho flags used only by some methods: flag -> (methods, default).
-METHOD_FLAGS = {"cache_k": (("cached", "certified"), 64), "refresh_every": (("cached",), 100),
+METHOD_FLAGS = {"cache_k": (("cached", "certified"), None), "refresh_every": (("cached",), 100),
                 "check_rows": (("certified",), 64)}
 EVAL_ROWS = 4096  # --eval-rows
 TOY_DEFAULTS = {"toy_features": 1024, "toy_d": 128, "toy_p": 0.01}
@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ortho-method", default="certified", help=f"one of {METHODS}")
     p.add_argument("--ortho-shape", default="neglog", help=f"one of {tuple(PENALTY_SHAPES)}")
     p.add_argument("--cache-k", type=int, default=None,
-                   help=f"candidates per latent (cached, certified; default {METHOD_FLAGS['cache_k'][1]})")
+                   help=f"candidates per latent (cached, certified; default by method: {DEFAULT_CACHE_K})")
     p.add_argument("--refresh-every", type=int, default=None,
                    help=f"cached: steps between refreshes (default {METHOD_FLAGS['refresh_every'][1]})")
     p.add_argument("--check-rows", type=int, default=None,
