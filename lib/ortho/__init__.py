@@ -96,9 +96,8 @@ def penalty_dtype(W: Tensor) -> Tensor:
 
 # Candidates per latent when ``OrthoConfig.cache_k`` is not given. The certified method's margin
 # (best minus the largest |cos| outside the candidates) grows with k, so its certificates last
-# longer and fewer rows are searched again: at n = 16,384, d = 768, batch 1,024, k = 256 re-searched
-# 1.6% of the scored rows per step against 5.5% with k = 64 (step 1.22x against 1.32x the vanilla
-# step; ``python -m sae_ortho.bench.bench_ortho --certified-k``). Its state takes 24 * n * k bytes.
+# longer and fewer rows are searched again against all n: 256 re-searches about a third as many rows
+# per step as 64 and costs less per step (results/bench_certified_k.txt). Its state takes 24 * n * k bytes.
 DEFAULT_CACHE_K = {"cached": 8, "certified": 256}
 
 
