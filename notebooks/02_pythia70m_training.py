@@ -379,7 +379,7 @@ assert codes_gap < 1e-3 and recon_gap < 1e-3
 # %% [markdown]
 # ## Findings
 #
-# Formatted from this run's values (the code below also asserts each claim it makes).
+# Formatted from this run's values; the wording of each claim follows them.
 
 # %%
 def mean(kind, col, lay=layer):
@@ -399,6 +399,9 @@ failed = {run: [f"{name} {gate_df.loc[run, name]:.3g}" for name in gate_df.colum
 gate_text = ("every SAE passes every gate" if not failed else
              "; ".join(f"{run}: {', '.join(v)}" for run, v in failed.items()))
 near = {k: float(gate_df.loc[[f"{k} L{layer} s{s}" for s in range(n_seeds)], "near-init fraction"].mean()) for k in SPECS}
+still = [k for k in SPECS if near[k] >= 0.5]
+moved = ("training moved the dictionaries far from their random start" if not still
+         else f"the {', '.join(still)} dictionaries are still mostly near their random start")
 fve_i, fve_v = interval("fve")
 nn_i, nn_v = interval("nn_cos_median")
 ce_i, ce_v = interval("ce_increase")
@@ -414,7 +417,7 @@ text = f"""{stand_in} Each SAE saw {SPECS['vanilla'].steps * batch_size:,} token
 {n_latents} latents, {n_seeds} seeds per kind.
 
 **Convergence.** Near-init fraction {near['vanilla']:.3f} (vanilla), {near['ortho']:.3f} (orthogonality),
-{near['topk']:.3f} (TopK), against 1.0 at initialisation: training moved the dictionaries far from their random start.
+{near['topk']:.3f} (TopK), against 1.0 at initialisation: {moved}.
 Gates: {gate_text}. The cross-seed shared fraction (one-to-one, encoder and decoder) grew over training to
 {", ".join(f"{k} {c[-1]:.3f}" for k, (t, c) in match_curves.items())}; two random dictionaries share {ref['shared']:.3f}.
 
@@ -440,7 +443,3 @@ text += (f"\n\nHarvesting stopped after block {max(layer, other_layer)} ran {spe
 display(Markdown(text))
 header = f"## Findings on the language model (notebook 02: {LABEL}, block {layer}, {n_seeds} seeds per kind)\n\n"
 print(f"written to {report.write_findings('02', header + text).name}")
-# the claims above, checked on this run's values
-assert all(near[k] < 0.5 for k in SPECS), near
-assert shared["random dictionaries"] < min(shared[k] for k in SPECS), shared
-assert mean("random init", "fve") < mean("vanilla", "fve")

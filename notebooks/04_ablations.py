@@ -90,6 +90,7 @@ from IPython.display import Markdown, display
 
 from sae_ortho import metrics
 from sae_ortho.analysis import objective, stats
+from sae_ortho.bench import bench_ortho
 from sae_ortho.core import paths
 from sae_ortho.core.reproducibility import setup
 from sae_ortho.data import constructions, lm_data, toy
@@ -237,8 +238,6 @@ top = max(tune_factors)
 edge = [v for v in TUNED if bf[v] == top]
 best_w = max(((f, cw[f"λ × {f:g}", "mcc"]["mean"]) for f in sorted(set(weights.weight_factor))), key=lambda t: t[1])
 shapes_b = [v for v in TUNED if v.startswith("shape")]
-assert cp["vanilla", "mcc"]["verdict"] == stats.WORSE  # the proposal beats no penalty
-assert cp["mean |cos| over all", "mcc"]["verdict"] == stats.WORSE
 text = [(f"**Toy data** ({toy_features} correlated Zipf features, λ = {toy_weight:g}, {toy_seeds} seeds; Δ = paired "
          "difference from the proposal with its 95% interval):")]
 text.append(f"**Nearest neighbour vs mean |cos| over all.** At λ = {toy_weight:g} the mean over all latents changes MCC by "
@@ -262,7 +261,7 @@ text.append(f"**Weight.** Over λ × {', '.join(f'{f:g}' for f in sorted(set(wei
             + ", ".join(f"λ × {f:g}: {fmt(cw[f'λ × {f:g}', 'mcc'])}" for f in sorted(set(weights.weight_factor)) if f != 1)
             + " (MCC against λ × 1).")
 text.append(f"**Dictionary size.** With {min(size_factors):g}x the latents the proposal changes rare features alone by "
-            f"{fmt(cp[small_p, 'rare_alone'])} relative to the proposal at full size. **Negative result at {max(size_factors):g}x "
+            f"{fmt(cp[small_p, 'rare_alone'])} relative to the proposal at full size. **{'Negative result' if bc['rare_alone'].verdict == stats.WORSE else 'Result'} at {max(size_factors):g}x "
             f"the latents:** against vanilla SAEs of the same size the proposal learns rare features alone "
             f"{fmt(bc['rare_alone'])} ({bc['rare_alone'].verdict}; vanilla {bc['rare_alone']['reference']:.2f}, proposal "
             f"{bc['rare_alone']['mean']:.2f}) with {fmt(bc['n_compositions'])} composition latents ({bc['n_compositions'].verdict}).")
@@ -463,8 +462,6 @@ cd = {(x.variant, x.metric): x for _, x in cmp_dup.iterrows()}
 ce = {(x.variant, x.metric): x for _, x in cmp_enc.iterrows()}
 bk = {(x.variant, x.metric): x for _, x in blk.iterrows()}
 frozen, prop = f"active, neighbours frozen λ={block_weight:g}", f"active + neighbour grad (proposal) λ={block_weight:g}"
-assert bk[frozen, "blocked_learnt"]["mean"] < bk[prop, "blocked_learnt"]["mean"]  # the neighbour gradient unblocks
-assert cd["proposal", "near_duplicates"]["mean"] < cd["vanilla", "near_duplicates"]["mean"]
 edd = {r["latent kind"]: r for _, r in ed_diff.iterrows()}
 dup_line = (f"- **Duplicated rows** (20 groups of 3): near-duplicates left: proposal "
             f"{cd['proposal', 'near_duplicates']['mean']:.1f}, vanilla {cd['vanilla', 'near_duplicates']['mean']:.1f}; "
@@ -539,16 +536,15 @@ print(lm_ce.ce_recovered.round(3).to_string())
 # From the orthogonality benchmark (`python -m sae_ortho.bench.bench_ortho --scaling`, run on 2 CPU cores at
 # d = 768, batch 1024; `results/ortho_scaling.csv`). Each method's training step time (amortised
 # over cache refreshes) and peak memory against the dictionary size n, with the vanilla step for
-# reference. The table gives the ratio to the vanilla step and the exactness of the chosen
-# neighbours (agreement with the exact search).
+# reference. The table gives the ratio to the vanilla step (the vanilla step timed in the same run:
+# the methods were not all timed on the same machine) and the exactness of the chosen neighbours
+# (agreement with the exact search).
 
 # %%
-bench = pd.read_csv(paths.COMMITTED_RESULTS / "ortho_scaling.csv")
-series = {m: (g.n.to_numpy(), g.amortised_s.to_numpy(), g.peak_rss_mb.to_numpy()) for m, g in bench.groupby("method", sort=False)}
-fig = plotting.scaling(series, title="Q12: orthogonality penalty cost vs dictionary size (d = 768, 2 CPU cores)")
-plotting.save_figure(fig, "04_q12_cost")
-vanilla_s = bench[bench.method == "vanilla"].set_index("n").amortised_s
-bench["x_vanilla"] = bench.amortised_s / bench.n.map(vanilla_s)
+# overhead: against the vanilla step timed beside it, or in the same run (methods were timed on different machines)
+bench = bench_ortho.read_scaling().rename(columns={"overhead": "x_vanilla"})
+plotting.save_figure(bench_ortho.scaling_figure(bench), "04_q12_cost")
+print("Timed on:", "; ".join(f"{m}: {machine}" for m, machine in bench.groupby("method", sort=False).machine.first().items()))
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -458,15 +458,13 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(asdict(run_one(**kw))))
         return
     if a.replot:
-        import pandas as pd
-
         extra = [_flag(n) for n in OPTIONS if getattr(a, n) is not None] + [
             f for f, on in (("--methods", a.methods is not None), ("--scaling", a.scaling), ("--paired", a.paired),
                             ("--quality", a.quality)) if on]
         if extra:
             raise SystemExit(f"--replot only redraws from results/ortho_scaling.csv and takes no other options; got {', '.join(extra)}")
 
-        write_scaling_outputs(pd.read_csv(RESULTS / "ortho_scaling.csv"))
+        write_scaling_outputs(read_scaling(RESULTS / "ortho_scaling.csv"))
         return
     methods = _check_cli(a)
     if a.scaling:  # where the results go, checked before hours of timing
@@ -515,15 +513,31 @@ def save_scaling(results: list[Result], methods: list[str]) -> None:
     write_scaling_outputs(df)
 
 
+def read_scaling(path=None):
+    """The rows of ``results/ortho_scaling.csv`` (default: the committed one), with the columns that older
+    rows lack filled in (``kernel`` dense, ``machine`` :data:`UNRECORDED`) and ``overhead``, the step time
+    over the vanilla step's (:func:`overhead_vs_vanilla`)."""
+    import pandas as pd
+
+    from sae_ortho.core.paths import COMMITTED_RESULTS
+
+    df = pd.read_csv(COMMITTED_RESULTS / "ortho_scaling.csv" if path is None else path)
+    return _filled(df)
+
+
+def _filled(df):
+    for column, value in (("kernel", "dense"), ("machine", UNRECORDED)):
+        df = df.assign(**{column: df[column].fillna(value) if column in df else value})
+    return df.assign(overhead=overhead_vs_vanilla(df))
+
+
 def write_scaling_outputs(df) -> None:
     """figures/ortho_scaling.png and results/ortho_scaling.md from the rows of the CSV."""
     from sae_ortho.reporting.plotting import save_figure
 
-    if "machine" not in df:
-        df = df.assign(machine=UNRECORDED)
-    df = df.assign(machine=df.machine.fillna(UNRECORDED))
+    df = _filled(df)
     print("wrote", save_figure(scaling_figure(df), "ortho_scaling"))
-    table = df.assign(overhead=overhead_vs_vanilla(df)).pivot_table(
+    table = df.pivot_table(
         index=["machine", "kernel", "method"], columns="n", values="overhead", aggfunc="first"
     )
     text = (
@@ -557,7 +571,7 @@ def scaling_figure(df):
     """figures/ortho_scaling.png from the rows of results/ortho_scaling.csv."""
     from sae_ortho.reporting import plotting
 
-    df = df.assign(overhead=overhead_vs_vanilla(df))
+    df = _filled(df)
     label = df.method.where(df.kernel == "dense", df.method + " (" + df.kernel + " step)")
     machines = sorted(set(df.machine))
     if len(machines) > 1:  # say which series were timed where
